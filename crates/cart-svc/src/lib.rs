@@ -1,0 +1,70 @@
+//! cart-svc: the Cart and CartItem rows in Postgres (source of truth), changed one
+//! transaction at a time, answered as the whole cart with its version as ETag.
+//! Where to start reading: `store.rs` (the transactions), then `http.rs`.
+
+pub mod caller;
+pub mod config;
+mod error;
+pub mod http;
+pub mod store;
+pub mod view;
+
+use std::sync::Arc;
+
+use actix_web::web;
+use domain::Limits;
+use svc_kit::config::Env;
+use svc_kit::datastores::pg_ping;
+use svc_kit::metrics::Metrics;
+use svc_kit::ops::{Check, Readiness};
+use svc_kit::server::{serve, Service};
+
+use crate::config::Config;
+use crate::store::Store;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/cart");
+
+/// Shared by every handler.
+pub struct AppState {
+    pub store: Store,
+    pub limits: Limits,
+    pub require_if_match_on_put: bool,
+    pub max_body_bytes: usize,
+}
+
+pub async fn migrate_only() -> anyhow::Result<()> {
+    let cfg = Config::read(Env::from_process())?;
+    cfg.pg.migrate("cart", &MIGRATOR).await
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let cfg = Config::read(Env::from_process())?;
+    if cfg.run_migrations {
+        cfg.pg.migrate("cart", &MIGRATOR).await?;
+    }
+    let pool = cfg.pg.pool()?;
+    let metrics = Metrics::new("cart-svc");
+    let ping_pool = pool.clone();
+    let readiness = Readiness::new(vec![Check::new("postgres", move || {
+        let p = ping_pool.clone();
+        async move { pg_ping(&p).await }
+    })]);
+    let state = web::Data::new(AppState {
+        store: Store::new(pool.clone()),
+        limits: cfg.limits,
+        require_if_match_on_put: cfg.require_if_match_on_put,
+        max_body_bytes: cfg.max_body_bytes,
+    });
+    let svc = Service {
+        name: "cart-svc",
+        common: cfg.common.clone(),
+        metrics: Arc::clone(&metrics),
+        readiness,
+    };
+    serve(svc, move |c| {
+        c.app_data(state.clone()).configure(http::routes);
+    })
+    .await?;
+    pool.close().await;
+    Ok(())
+}

@@ -1,0 +1,51 @@
+use std::time::Duration;
+
+use svc_kit::config::{Common, ConfigError, Env};
+use svc_kit::internal::ClientSettings;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: Common,
+    pub auth_url: String,
+    pub session_url: String,
+    pub cart_url: String,
+    pub upstream: ClientSettings,
+    pub max_body_bytes: usize,
+    /// Adds `Secure` to the cookies (set it whenever the site is served over HTTPS).
+    pub cookie_secure: bool,
+    /// Lifetime of the `cart_token` cookie: as long as guest carts are kept.
+    pub cart_token_cookie_max_age: Duration,
+    /// Origins (scheme://host[:port]) whose cookie-authenticated unsafe requests are
+    /// accepted besides same-origin ones.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Config {
+    pub fn read(mut env: Env<'_>) -> Result<Self, ConfigError> {
+        let e = &mut env;
+        let cfg = Self {
+            common: Common::read(e, "GATEWAY_LISTEN", "127.0.0.1:8080"),
+            auth_url: e.base_url("AUTH_URL", "http://127.0.0.1:8081"),
+            session_url: e.base_url("SESSION_URL", "http://127.0.0.1:8082"),
+            cart_url: e.base_url("CART_URL", "http://127.0.0.1:8083"),
+            upstream: ClientSettings {
+                connect_timeout: e.millis("UPSTREAM_CONNECT_TIMEOUT_MS", 1000, 10..=60_000),
+                request_timeout: e.millis("UPSTREAM_TIMEOUT_MS", 5000, 10..=300_000),
+                max_idle_per_host: e.int_in("UPSTREAM_MAX_IDLE_PER_HOST", 256, 1..=100_000),
+            },
+            max_body_bytes: e.int_in("MAX_BODY_BYTES", 16 * 1024, 1024..=1024 * 1024),
+            cookie_secure: e.bool("COOKIE_SECURE", false),
+            cart_token_cookie_max_age: Duration::from_secs(
+                e.int_in("GUEST_CART_RETENTION_DAYS", 14u64, 1..=3650) * 24 * 3600,
+            ),
+            allowed_origins: e
+                .string("ALLOWED_ORIGINS", "")
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                .filter(|o| !o.is_empty())
+                .collect(),
+        };
+        env.finish()?;
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,62 @@
+//! gateway: the public API surface (API.md). Routing, authentication at the edge, request
+//! ids, CSRF protection, and forwarding with the caller's identity; it never touches a
+//! datastore. Start reading at `routes.rs`.
+
+pub mod caller;
+pub mod config;
+pub mod routes;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use actix_web::web;
+use svc_kit::config::Env;
+use svc_kit::internal::Peer;
+use svc_kit::metrics::Metrics;
+use svc_kit::ops::{Check, Readiness};
+use svc_kit::server::{serve, Service};
+
+use crate::config::Config;
+
+pub struct AppState {
+    pub cfg: Config,
+    pub sessions: Peer,
+    pub carts: Peer,
+    pub auth: Peer,
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let cfg = Config::read(Env::from_process())?;
+    let token = cfg.common.internal_token.clone();
+    let sessions = Peer::new("session-svc", cfg.session_url.clone(), token.clone(), cfg.upstream);
+    let carts = Peer::new("cart-svc", cfg.cart_url.clone(), token.clone(), cfg.upstream);
+    let auth = Peer::new("auth-svc", cfg.auth_url.clone(), token, cfg.upstream);
+    let metrics = Metrics::new("gateway");
+    // Ready when the peers every guest request needs answer.
+    let checks = [sessions.clone(), carts.clone()]
+        .into_iter()
+        .map(|peer| {
+            Check::new(peer.name, move || {
+                let p = peer.clone();
+                async move { p.alive().await }
+            })
+        })
+        .collect();
+    let readiness = Readiness::new(checks);
+    let svc = Service {
+        name: "gateway",
+        common: cfg.common.clone(),
+        metrics: Arc::clone(&metrics),
+        readiness,
+    };
+    let state = web::Data::new(AppState {
+        cfg,
+        sessions,
+        carts,
+        auth,
+    });
+    serve(svc, move |c| {
+        c.app_data(state.clone()).configure(routes::routes);
+    })
+    .await
+}

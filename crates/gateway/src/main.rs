@@ -1,0 +1,14 @@
+//! gateway: the public API surface. Authenticates callers at the edge and forwards
+//! their identity to the backends; touches no datastore.
+
+#[actix_web::main]
+async fn main() -> std::process::ExitCode {
+    svc_kit::telemetry::init_logs("gateway");
+    match gateway::run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "gateway failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

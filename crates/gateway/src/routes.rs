@@ -1,0 +1,282 @@
+//! The public API's routes (API.md). Session endpoints are composed here from internal
+//! calls; cart endpoints are forwarded to cart-svc with the caller's identity.
+
+use actix_web::cookie::{time, Cookie, SameSite};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use domain::identity::{self, CART_ID_HEADER, CART_TOKEN_HASH_HEADER, KIND_HEADER, USER_ID_HEADER};
+use futures_util::TryStreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use svc_kit::body::{opt_str_field, parse_object, read_body};
+use svc_kit::observe::RequestId;
+use svc_kit::Problem;
+
+use crate::caller::{self, Credential, CART_TOKEN_COOKIE, SESSION_COOKIE};
+use crate::upstream;
+use crate::AppState;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/sessions", web::post().to(start_session))
+        .route("/api/v1/session", web::get().to(who_am_i))
+        .route("/api/v1/session", web::delete().to(end_session))
+        // Each cart route is its own resource so metrics carry the route template.
+        .service(
+            web::resource("/api/v1/cart")
+                .route(web::get().to(proxy_cart))
+                .route(web::delete().to(proxy_cart)),
+        )
+        .service(web::resource("/api/v1/cart/items").route(web::post().to(proxy_cart)))
+        .service(
+            web::resource("/api/v1/cart/items/{product_id}")
+                .route(web::put().to(proxy_cart))
+                .route(web::delete().to(proxy_cart)),
+        );
+}
+
+fn request_id(req: &HttpRequest) -> Option<String> {
+    req.extensions().get::<RequestId>().map(|r| r.0.clone())
+}
+
+fn cookie<'c>(st: &AppState, name: &'c str, value: String) -> Cookie<'c> {
+    Cookie::build(name, value)
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .path("/")
+        .secure(st.cfg.cookie_secure)
+        .finish()
+}
+
+#[derive(Deserialize)]
+struct CreatedSession {
+    session_token: String,
+    cart_id: String,
+    cart_token: String,
+    expires_at: String,
+    idle_timeout_seconds: u64,
+}
+
+/// `POST /api/v1/sessions`: a guest session on a new cart, or on the cart its
+/// `cart_token` recovers.
+async fn start_session(req: HttpRequest, payload: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let rid = request_id(&req);
+    let body = read_body(&req, payload, st.cfg.max_body_bytes).await?;
+    let map = parse_object(&req, &body, &["cart_token"])?.unwrap_or_default();
+    let cart_token = opt_str_field(&map, "cart_token").map_err(|e| Problem::from_field_errors([e]))?;
+
+    // An unknown, expired or merged cart token is not an error (API.md): the guest
+    // simply gets a fresh cart.
+    let recovered_cart = match cart_token.filter(|t| domain::token::is_plausible_token(t)) {
+        Some(token) => resolve_cart_token(&st, token, rid.as_deref())
+            .await?
+            .map(|cart_id| (cart_id, token.to_owned())),
+        None => None,
+    };
+    let recovered = recovered_cart.is_some();
+    let create_body = match &recovered_cart {
+        Some((cart_id, token)) => json!({ "kind": "guest", "cart_id": cart_id, "cart_token": token }),
+        None => json!({ "kind": "guest" }),
+    };
+    let res = st
+        .sessions
+        .request(reqwest::Method::POST, "/internal/v1/sessions", rid.as_deref())
+        .json(&create_body)
+        .send()
+        .await
+        .map_err(|e| upstream::failure(st.sessions.name, &e))?;
+    if res.status() != reqwest::StatusCode::CREATED {
+        return Ok(upstream::relay_error(st.sessions.name, res).await);
+    }
+    let created: CreatedSession = res.json().await.map_err(|e| upstream::failure(st.sessions.name, &e))?;
+
+    let max_age = time::Duration::seconds(i64::try_from(st.cfg.cart_token_cookie_max_age.as_secs()).unwrap_or(i64::MAX));
+    let mut token_cookie = cookie(&st, CART_TOKEN_COOKIE, created.cart_token.clone());
+    token_cookie.set_max_age(max_age);
+    Ok(HttpResponse::Created()
+        .cookie(cookie(&st, SESSION_COOKIE, created.session_token.clone()))
+        .cookie(token_cookie)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({
+            "session_token": created.session_token,
+            "expires_at": created.expires_at,
+            "idle_timeout_seconds": created.idle_timeout_seconds,
+            "cart_id": created.cart_id,
+            "cart_token": created.cart_token,
+            "recovered": recovered,
+        })))
+}
+
+async fn resolve_cart_token(st: &AppState, token: &str, rid: Option<&str>) -> Result<Option<String>, Problem> {
+    #[derive(Deserialize)]
+    struct Resolved {
+        cart_id: String,
+    }
+    let res = st
+        .carts
+        .request(reqwest::Method::POST, "/internal/v1/carts/resolve-token", rid)
+        .json(&json!({ "cart_token": token }))
+        .send()
+        .await
+        .map_err(|e| upstream::failure(st.carts.name, &e))?;
+    match res.status().as_u16() {
+        200 => Ok(Some(
+            res.json::<Resolved>()
+                .await
+                .map_err(|e| upstream::failure(st.carts.name, &e))?
+                .cart_id,
+        )),
+        404 => Ok(None),
+        status => {
+            tracing::warn!(status, "cart-svc refused a cart-token lookup");
+            Err(Problem::unavailable(1))
+        }
+    }
+}
+
+/// `GET /api/v1/session`.
+async fn who_am_i(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let cred = caller::credential(&req)?;
+    let id = caller::resolve(&st.sessions, &cred, request_id(&req).as_deref()).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({
+            "kind": id.kind,
+            "user_id": id.user_id,
+            "cart_id": id.cart_id,
+            "expires_at": id.expires_at,
+            "last_active": id.last_active,
+        })))
+}
+
+/// `DELETE /api/v1/session`: ends the session; the cart stays.
+async fn end_session(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let cred = caller::credential(&req)?;
+    caller::check_csrf(&req, &cred, &st.cfg.allowed_origins)?;
+    let res = st
+        .sessions
+        .request(reqwest::Method::POST, "/internal/v1/sessions/revoke", request_id(&req).as_deref())
+        .json(&json!({ "session_token": cred.token }))
+        .send()
+        .await
+        .map_err(|e| upstream::failure(st.sessions.name, &e))?;
+    match res.status().as_u16() {
+        204 => {
+            let mut gone = cookie(&st, SESSION_COOKIE, String::new());
+            gone.make_removal();
+            Ok(HttpResponse::NoContent().cookie(gone).finish())
+        }
+        404 => Err(caller::unauthenticated()),
+        _ => Ok(upstream::relay_error(st.sessions.name, res).await),
+    }
+}
+
+/// Request headers never forwarded: hop-by-hop ones (RFC 9110 §7.6.1), the caller's
+/// credentials (backends trust the identity headers instead), and what the client
+/// library sets itself.
+const NOT_FORWARDED: [&str; 14] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "cookie",
+    "authorization",
+    caller::SESSION_HEADER,
+];
+
+fn forwardable(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    !NOT_FORWARDED.contains(&n) && !identity::is_reserved_header(n) && n != "x-forwarded-for" && n != "x-forwarded-proto"
+}
+
+/// Response headers never relayed: hop-by-hop ones and the length (the body is streamed
+/// and re-framed).
+fn relayable(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    !matches!(
+        n,
+        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "content-length"
+    )
+}
+
+/// Every cart route: authenticate, then forward to cart-svc with the caller's identity.
+async fn proxy_cart(req: HttpRequest, payload: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let cred: Credential = caller::credential(&req)?;
+    caller::check_csrf(&req, &cred, &st.cfg.allowed_origins)?;
+    let rid = request_id(&req);
+    let id = caller::resolve(&st.sessions, &cred, rid.as_deref()).await?;
+    let body = read_body(&req, payload, st.cfg.max_body_bytes).await?;
+
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).map_err(|_| Problem::for_status(StatusCode::METHOD_NOT_ALLOWED))?;
+    let mut out = st.carts.request(method, path, rid.as_deref());
+    for (name, value) in req.headers() {
+        if forwardable(name) {
+            out = out.header(name.as_str(), value.as_bytes());
+        }
+    }
+    out = out.header(KIND_HEADER, id.kind.as_str()).header(CART_ID_HEADER, id.cart_id.as_str());
+    if let Some(h) = &id.cart_token_hash {
+        out = out.header(CART_TOKEN_HASH_HEADER, h.as_str());
+    }
+    if let Some(u) = &id.user_id {
+        out = out.header(USER_ID_HEADER, u.as_str());
+    }
+    out = forwarded_headers(&req, out);
+    if !body.is_empty() {
+        out = out.body(body);
+    }
+    tracing::debug!(session = %id.session_ref, "forwarding to cart-svc");
+
+    let res = out.send().await.map_err(|e| upstream::failure(st.carts.name, &e))?;
+    let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut reply = HttpResponse::build(status);
+    copy_headers(res.headers(), &mut reply);
+    // Keep the backend's framing: a sized body stays sized (no chunked encoding for a
+    // small JSON cart), while its bytes are still streamed, never buffered whole.
+    if let Some(len) = res.content_length() {
+        reply.no_chunking(len);
+    }
+    let peer = st.carts.name;
+    let stream = res.bytes_stream().map_err(move |e| {
+        tracing::warn!(peer, error = %e, "upstream body interrupted");
+        e
+    });
+    Ok(reply.streaming(stream))
+}
+
+fn copy_headers(from: &reqwest::header::HeaderMap, to: &mut actix_web::HttpResponseBuilder) {
+    for (name, value) in from {
+        let Ok(name) = HeaderName::from_bytes(name.as_str().as_bytes()) else { continue };
+        if relayable(&name) {
+            if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
+                to.append_header((name, v));
+            }
+        }
+    }
+}
+
+/// `X-Forwarded-For` (the chain so far plus the peer) and `X-Forwarded-Proto`.
+fn forwarded_headers(req: &HttpRequest, out: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    let headers: &HeaderMap = req.headers();
+    let peer = req.peer_addr().map(|a| a.ip().to_string());
+    let chain = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let xff = match (chain, peer) {
+        (Some(c), Some(p)) => format!("{c}, {p}"),
+        (Some(c), None) => c.to_owned(),
+        (None, Some(p)) => p,
+        (None, None) => String::new(),
+    };
+    let mut out = out.header("x-forwarded-proto", req.connection_info().scheme().to_owned());
+    if !xff.is_empty() {
+        out = out.header("x-forwarded-for", xff);
+    }
+    out
+}

@@ -1,0 +1,103 @@
+//! The middleware on every service: request id, access log span, latency histogram by
+//! route template, and the guarantee that every error leaves as problem+json (framework
+//! errors such as an unknown route or a wrong method included).
+
+use std::time::Instant;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, ResponseError};
+use tracing::Instrument;
+
+use crate::metrics::Metrics;
+use crate::problem::{self, Problem};
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The request's id, in the request extensions for handlers that forward it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// A client-chosen id is kept when it is short and printable, so it can be searched for
+/// in logs; anything else is replaced.
+fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    let ok = (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| s.to_owned())
+}
+
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(acceptable_request_id)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
+    let method = req.method().clone();
+
+    let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = tracing::field::Empty);
+    let result = next.call(req).instrument(span.clone()).await;
+    let res = match result {
+        Ok(res) => res.map_into_boxed_body(),
+        // An error that escaped the handlers' own mapping: render it like any other.
+        Err(e) => return Err(e),
+    };
+    let mut res = ensure_problem_body(res);
+
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    span.record("route", route.as_str());
+    let status = res.status();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
+    }
+    let elapsed = started.elapsed();
+    if let Some(m) = metrics {
+        m.http_server_duration
+            .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
+            .observe(elapsed.as_secs_f64());
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            target: "access",
+            status = status.as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request served"
+        );
+    });
+    Ok(res)
+}
+
+/// Replaces a non-problem error body (the framework's plain-text 404/405/400s) with a
+/// problem+json of the same status, keeping the other headers (e.g. `Allow`).
+fn ensure_problem_body(res: ServiceResponse<BoxBody>) -> ServiceResponse<BoxBody> {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(problem::CONTENT_TYPE));
+    if is_problem {
+        return res;
+    }
+    let (req, old) = res.into_parts();
+    let mut fresh = Problem::for_status(status).error_response();
+    for (name, value) in old.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            fresh.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    ServiceResponse::new(req, fresh)
+}

@@ -1,0 +1,95 @@
+//! Running an HTTP service: the shared middleware and ops routes, and graceful shutdown.
+//!
+//! On SIGTERM or SIGINT: `/readyz` turns 503 at once, the listener stays open for
+//! `SHUTDOWN_DELAY_MS` (so a load balancer notices and stops routing here), then it
+//! closes and in-flight requests get up to `SHUTDOWN_DRAIN_SECS` to finish.
+
+use std::sync::Arc;
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+
+use crate::config::Common;
+use crate::internal::InternalToken;
+use crate::metrics::Metrics;
+use crate::observe::observe;
+use crate::ops::{self, Readiness};
+use crate::problem::Problem;
+
+/// What every service hands to [`serve`].
+pub struct Service {
+    pub name: &'static str,
+    pub common: Common,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+}
+
+pub async fn serve<F>(svc: Service, configure: F) -> anyhow::Result<()>
+where
+    F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+{
+    let metrics = web::Data::from(svc.metrics.clone());
+    let readiness = web::Data::from(svc.readiness.clone());
+    let token = web::Data::new(InternalToken(svc.common.internal_token.clone()));
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(from_fn(observe))
+            .app_data(metrics.clone())
+            .app_data(readiness.clone())
+            .app_data(token.clone())
+            .configure(ops::routes)
+            .configure(configure.clone())
+            .default_service(web::to(|| async {
+                Problem::not_found("no such resource").to_response()
+            }))
+    })
+    .workers(svc.common.workers)
+    .disable_signals()
+    .shutdown_timeout(svc.common.shutdown_drain.as_secs())
+    .backlog(4096)
+    .bind(svc.common.listen)
+    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", svc.common.listen))?;
+
+    for addr in server.addrs() {
+        tracing::info!(service = svc.name, %addr, "listening");
+    }
+    let server = server.run();
+    let handle = server.handle();
+    let readiness = svc.readiness.clone();
+    let delay = svc.common.shutdown_delay;
+    let name = svc.name;
+    tokio::spawn(async move {
+        wait_for_stop_signal().await;
+        tracing::info!(service = name, "stop requested: no longer ready, draining");
+        readiness.begin_shutdown();
+        tokio::time::sleep(delay).await;
+        handle.stop(true).await;
+    });
+    server.await?;
+    tracing::info!(service = svc.name, "stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM (Kubernetes, systemd, scripts/up.sh) or SIGINT (Ctrl-C).
+pub async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the service");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -22,7 +22,8 @@ impl Caller {
     pub fn from_request(req: &HttpRequest) -> Result<Self, Problem> {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         // A malformed identity means the gateway is broken or bypassed: refuse, don't guess.
-        let missing = || Problem::unauthorized("no caller identity was forwarded with this request");
+        let missing =
+            || Problem::unauthorized("no caller identity was forwarded with this request");
         match header(KIND_HEADER) {
             Some("guest") => {
                 let cart_id = header(CART_ID_HEADER)

@@ -21,13 +21,20 @@ impl From<StoreError> for Problem {
             ))
             .with_etag(view::etag(cart.version))
             .extension("cart", view::to_json(&cart)),
-            StoreError::Limit(CartError::LineQuantityExceeded { max, requested, .. }) => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "cart-limit-exceeded",
-                "Cart limit exceeded",
-            )
-            .detail(format!("a line may hold at most {max}; this change would make it {requested}"))
-            .field("quantity", format!("the line would exceed the limit of {max}")),
+            StoreError::Limit(CartError::LineQuantityExceeded { max, requested, .. }) => {
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "cart-limit-exceeded",
+                    "Cart limit exceeded",
+                )
+                .detail(format!(
+                    "a line may hold at most {max}; this change would make it {requested}"
+                ))
+                .field(
+                    "quantity",
+                    format!("the line would exceed the limit of {max}"),
+                )
+            }
             StoreError::Limit(CartError::TooManyLines { max }) => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "cart-limit-exceeded",
@@ -35,8 +42,10 @@ impl From<StoreError> for Problem {
             )
             .detail(format!("a cart may hold at most {max} distinct lines"))
             .field("product_id", format!("the cart already holds {max} lines")),
-            StoreError::NotActive => Problem::new(StatusCode::CONFLICT, "cart-not-active", "Cart not active")
-                .detail("this cart was merged into an account or closed; start a new session"),
+            StoreError::NotActive => {
+                Problem::new(StatusCode::CONFLICT, "cart-not-active", "Cart not active")
+                    .detail("this cart was merged into an account or closed; start a new session")
+            }
             StoreError::Unavailable(e) => {
                 tracing::warn!(error = %e, "postgres unavailable");
                 Problem::unavailable(1)

@@ -12,6 +12,7 @@ use svc_kit::body::{int_field, read_body, require_object, str_field};
 use svc_kit::internal::require_internal_token;
 use svc_kit::Problem;
 
+use crate::cache::Snapshot;
 use crate::caller::Caller;
 use crate::store::Precondition;
 use crate::view::{self, CartView};
@@ -34,13 +35,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// Served from the cache when it holds the guest's cart, else from Postgres (and the
+/// snapshot cached for the next read).
 async fn get_cart(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let caller = Caller::from_request(&req)?;
+    if let Caller::Guest { cart_id, .. } = &caller {
+        if let Some(hit) = st.cache.get(*cart_id).await {
+            return Ok(snapshot_response(&hit));
+        }
+    }
     let cart = st.store.read(&caller).await?;
-    Ok(cart_response(&cart))
+    let snapshot = snapshot(&cart);
+    st.cache.put(cart.id, &snapshot, false).await;
+    Ok(snapshot_response(&snapshot))
 }
 
-async fn add_item(req: HttpRequest, payload: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+async fn add_item(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let caller = Caller::from_request(&req)?;
     let body = read_body(&req, payload, st.max_body_bytes).await?;
     let map = require_object(&req, &body, &["product_id", "quantity"])?;
@@ -73,9 +87,14 @@ async fn set_item(
     change(&req, &st, &caller, CartOp::Set(product, quantity)).await
 }
 
-async fn remove_item(req: HttpRequest, path: web::Path<String>, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+async fn remove_item(
+    req: HttpRequest,
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let caller = Caller::from_request(&req)?;
-    let product = ProductId::parse(&path, &st.limits).map_err(|e| Problem::from_field_errors([e]))?;
+    let product =
+        ProductId::parse(&path, &st.limits).map_err(|e| Problem::from_field_errors([e]))?;
     change(&req, &st, &caller, CartOp::Remove(product)).await
 }
 
@@ -84,10 +103,23 @@ async fn clear_cart(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRes
     change(&req, &st, &caller, CartOp::Clear).await
 }
 
-async fn change(req: &HttpRequest, st: &AppState, caller: &Caller, op: CartOp) -> Result<HttpResponse, Problem> {
+async fn change(
+    req: &HttpRequest,
+    st: &AppState,
+    caller: &Caller,
+    op: CartOp,
+) -> Result<HttpResponse, Problem> {
     let precondition = precondition(req);
-    let changed = st.store.change(caller, op, &precondition, &st.limits).await?;
-    Ok(cart_response(&changed.cart))
+    let changed = st
+        .store
+        .change(caller, op, &precondition, &st.limits)
+        .await?;
+    let snapshot = snapshot(&changed.cart);
+    if changed.effect.changed() {
+        // Before answering, so this client's next read sees at least this version.
+        st.cache.put(changed.cart.id, &snapshot, true).await;
+    }
+    Ok(snapshot_response(&snapshot))
 }
 
 /// `If-Match` as RFC 9110 §13.1.1 reads it: `*` matches any current cart; otherwise a
@@ -118,28 +150,50 @@ fn precondition(req: &HttpRequest) -> Precondition {
 fn both<A, B>(a: Result<A, FieldError>, b: Result<B, FieldError>) -> Result<(A, B), Problem> {
     match (a, b) {
         (Ok(a), Ok(b)) => Ok((a, b)),
-        (a, b) => Err(Problem::from_field_errors(a.err().into_iter().chain(b.err()))),
+        (a, b) => Err(Problem::from_field_errors(
+            a.err().into_iter().chain(b.err()),
+        )),
     }
 }
 
-pub fn cart_response(cart: &domain::Cart) -> HttpResponse {
-    let mut res = HttpResponse::Ok();
-    res.insert_header((header::ETAG, view::etag(cart.version)));
-    // A cart is private to its owner and changes often: no shared or stale copies.
-    res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
-    res.json(CartView::from(cart))
+/// The cart's representation, serialised once for both the response and the cache.
+pub fn snapshot(cart: &domain::Cart) -> Snapshot {
+    Snapshot {
+        version: cart.version,
+        // Serialising plain strings and numbers cannot fail.
+        body: serde_json::to_vec(&CartView::from(cart))
+            .unwrap_or_default()
+            .into(),
+    }
+}
+
+pub fn snapshot_response(s: &Snapshot) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::ETAG, view::etag(s.version)))
+        // A cart is private to its owner and changes often: no shared or stale copies.
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .content_type("application/json")
+        .body(s.body.clone())
 }
 
 /// Which active guest cart a cart token recovers (used by the gateway when a guest
 /// starts a session with `cart_token`).
-async fn resolve_token(req: HttpRequest, payload: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+async fn resolve_token(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let body = read_body(&req, payload, st.max_body_bytes).await?;
     let map = require_object(&req, &body, &["cart_token"])?;
     let token = str_field(&map, "cart_token").map_err(|e| Problem::from_field_errors([e]))?;
     if !domain::token::is_plausible_token(token) {
         return Err(Problem::not_found("no active cart for this token"));
     }
-    match st.store.find_by_token_hash(&domain::token::hash_token(token)).await? {
+    match st
+        .store
+        .find_by_token_hash(&domain::token::hash_token(token))
+        .await?
+    {
         Some(cart_id) => Ok(HttpResponse::Ok().json(json!({ "cart_id": cart_id.to_string() }))),
         None => Err(Problem::not_found("no active cart for this token")),
     }
@@ -152,7 +206,11 @@ mod tests {
     use super::*;
 
     fn pre(v: &str) -> Precondition {
-        precondition(&TestRequest::default().insert_header((header::IF_MATCH, v)).to_http_request())
+        precondition(
+            &TestRequest::default()
+                .insert_header((header::IF_MATCH, v))
+                .to_http_request(),
+        )
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! transaction at a time, answered as the whole cart with its version as ETag.
 //! Where to start reading: `store.rs` (the transactions), then `http.rs`.
 
+pub mod cache;
 pub mod caller;
 pub mod config;
 mod error;
@@ -19,6 +20,7 @@ use svc_kit::metrics::Metrics;
 use svc_kit::ops::{Check, Readiness};
 use svc_kit::server::{serve, Service};
 
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::store::Store;
 
@@ -27,6 +29,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 /// Shared by every handler.
 pub struct AppState {
     pub store: Store,
+    pub cache: Cache,
     pub limits: Limits,
     pub require_if_match_on_put: bool,
     pub max_body_bytes: usize,
@@ -49,8 +52,17 @@ pub async fn run() -> anyhow::Result<()> {
         let p = ping_pool.clone();
         async move { pg_ping(&p).await }
     })]);
+    // Redis is not a readiness check: carts are served from Postgres while it is down.
+    let cache = Cache::new(
+        cfg.redis.pool()?,
+        cfg.redis.key_prefix.clone(),
+        cfg.cache_ttl_secs,
+        cfg.redis.timeout,
+        &metrics,
+    );
     let state = web::Data::new(AppState {
         store: Store::new(pool.clone()),
+        cache,
         limits: cfg.limits,
         require_if_match_on_put: cfg.require_if_match_on_put,
         max_body_bytes: cfg.max_body_bytes,

@@ -10,7 +10,9 @@ async fn main() -> std::process::ExitCode {
     let result = match command.as_deref() {
         None | Some("serve") => cart_svc::run().await,
         Some("migrate") => cart_svc::migrate_only().await,
-        Some(other) => Err(anyhow::anyhow!("unknown command {other:?}; expected `serve` or `migrate`")),
+        Some(other) => Err(anyhow::anyhow!(
+            "unknown command {other:?}; expected `serve` or `migrate`"
+        )),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -7,7 +7,9 @@
 //! the cart under the lock, applies the operation, and writes only its effect.
 
 use chrono::{DateTime, SubsecRound, Utc};
-use domain::{Cart, CartError, CartId, CartLine, CartOp, Effect, Limits, Owner, ProductId, Quantity, UserId};
+use domain::{
+    Cart, CartError, CartId, CartLine, CartOp, Effect, Limits, Owner, ProductId, Quantity, UserId,
+};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -37,9 +39,9 @@ impl From<sqlx::Error> for StoreError {
         let transient = match &e {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
             // 57014: statement timeout; 53300: too many connections; 57P0x: shutdown.
-            sqlx::Error::Database(db) => db
-                .code()
-                .is_some_and(|c| matches!(c.as_ref(), "57014" | "53300" | "57P01" | "57P02" | "57P03")),
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                matches!(c.as_ref(), "57014" | "53300" | "57P01" | "57P02" | "57P03")
+            }),
             _ => false,
         };
         if transient {
@@ -225,7 +227,11 @@ async fn lock_guest_cart(
     Ok(row)
 }
 
-async fn lock_user_cart(conn: &mut PgConnection, user_id: UserId, now: DateTime<Utc>) -> Result<CartRow, StoreError> {
+async fn lock_user_cart(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    now: DateTime<Utc>,
+) -> Result<CartRow, StoreError> {
     sqlx::query!(
         "INSERT INTO cart.carts (cart_id, user_id, created_at, updated_at)
          VALUES ($1, $2, $3, $3)
@@ -247,10 +253,16 @@ async fn lock_user_cart(conn: &mut PgConnection, user_id: UserId, now: DateTime<
     Ok(row)
 }
 
-async fn load_lines(conn: &mut PgConnection, row: CartRow, caller: &Caller) -> Result<Cart, StoreError> {
+async fn load_lines(
+    conn: &mut PgConnection,
+    row: CartRow,
+    caller: &Caller,
+) -> Result<Cart, StoreError> {
     let owner = match (caller, row.user_id) {
         (Caller::Guest { .. }, None) => Owner::Guest,
-        (Caller::User { user_id }, Some(owner)) if owner == user_id.as_uuid() => Owner::User(*user_id),
+        (Caller::User { user_id }, Some(owner)) if owner == user_id.as_uuid() => {
+            Owner::User(*user_id)
+        }
         // The guest cart now belongs to an account (merged at login): the guest
         // session that points at it must not read or change it any more.
         _ => return Err(StoreError::NotActive),
@@ -270,8 +282,10 @@ async fn load_lines(conn: &mut PgConnection, row: CartRow, caller: &Caller) -> R
         .into_iter()
         .map(|i| {
             Ok(CartLine {
-                product_id: ProductId::from_stored(&i.product_id).ok_or(StoreError::Corrupt("product_id"))?,
-                quantity: Quantity::from_stored(i.quantity).ok_or(StoreError::Corrupt("quantity"))?,
+                product_id: ProductId::from_stored(&i.product_id)
+                    .ok_or(StoreError::Corrupt("product_id"))?,
+                quantity: Quantity::from_stored(i.quantity)
+                    .ok_or(StoreError::Corrupt("quantity"))?,
                 added_at: i.added_at,
                 updated_at: i.updated_at,
             })
@@ -287,13 +301,20 @@ async fn load_lines(conn: &mut PgConnection, row: CartRow, caller: &Caller) -> R
     })
 }
 
-async fn write_effect(conn: &mut PgConnection, cart: &Cart, effect: &Effect) -> Result<(), StoreError> {
+async fn write_effect(
+    conn: &mut PgConnection,
+    cart: &Cart,
+    effect: &Effect,
+) -> Result<(), StoreError> {
     let cart_id = cart.id.as_uuid();
     match effect {
         Effect::Unchanged => {}
         Effect::Upsert(product_id) => {
-            let line = cart.line(product_id).ok_or(StoreError::Corrupt("upserted line missing"))?;
-            let quantity = i32::try_from(line.quantity.get()).map_err(|_| StoreError::Corrupt("quantity"))?;
+            let line = cart
+                .line(product_id)
+                .ok_or(StoreError::Corrupt("upserted line missing"))?;
+            let quantity =
+                i32::try_from(line.quantity.get()).map_err(|_| StoreError::Corrupt("quantity"))?;
             sqlx::query!(
                 "INSERT INTO cart.cart_items (cart_item_id, cart_id, product_id, quantity, added_at, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6)

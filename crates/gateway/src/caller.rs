@@ -52,7 +52,9 @@ pub struct Identity {
 }
 
 pub fn unauthenticated() -> Problem {
-    Problem::unauthorized("a valid session token (X-Session-Token header or cart_session cookie) is required")
+    Problem::unauthorized(
+        "a valid session token (X-Session-Token header or cart_session cookie) is required",
+    )
 }
 
 /// The caller's credential, or 401.
@@ -68,9 +70,17 @@ pub fn credential(req: &HttpRequest) -> Result<Credential, Problem> {
 }
 
 /// Resolves a session token through session-svc, which also slides its idle timeout.
-pub async fn resolve(sessions: &Peer, cred: &Credential, request_id: Option<&str>) -> Result<Identity, Problem> {
+pub async fn resolve(
+    sessions: &Peer,
+    cred: &Credential,
+    request_id: Option<&str>,
+) -> Result<Identity, Problem> {
     let res = sessions
-        .request(reqwest::Method::POST, "/internal/v1/sessions/touch", request_id)
+        .request(
+            reqwest::Method::POST,
+            "/internal/v1/sessions/touch",
+            request_id,
+        )
         .json(&json!({ "session_token": cred.token }))
         .send()
         .await
@@ -91,12 +101,17 @@ pub async fn resolve(sessions: &Peer, cred: &Credential, request_id: Option<&str
 /// Cross-site request forgery check for cookie-authenticated unsafe requests (API.md
 /// conventions): refuse when the browser says the request is cross-site, or when it
 /// comes from an origin that is neither ours nor on the allow-list.
-pub fn check_csrf(req: &HttpRequest, cred: &Credential, allowed_origins: &[String]) -> Result<(), Problem> {
+pub fn check_csrf(
+    req: &HttpRequest,
+    cred: &Credential,
+    allowed_origins: &[String],
+) -> Result<(), Problem> {
     let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if !cred.from_cookie || !unsafe_method {
         return Ok(());
     }
-    let forbidden = || Problem::forbidden("cross-site requests authenticated by cookie are not allowed");
+    let forbidden =
+        || Problem::forbidden("cross-site requests authenticated by cookie are not allowed");
     let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok());
     if header("sec-fetch-site").is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
         return Err(forbidden());

@@ -6,7 +6,6 @@ use svc_kit::internal::ClientSettings;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: Common,
-    pub auth_url: String,
     pub session_url: String,
     pub cart_url: String,
     pub upstream: ClientSettings,
@@ -25,7 +24,6 @@ impl Config {
         let e = &mut env;
         let cfg = Self {
             common: Common::read(e, "GATEWAY_LISTEN", "127.0.0.1:8080"),
-            auth_url: e.base_url("AUTH_URL", "http://127.0.0.1:8081"),
             session_url: e.base_url("SESSION_URL", "http://127.0.0.1:8082"),
             cart_url: e.base_url("CART_URL", "http://127.0.0.1:8083"),
             upstream: ClientSettings {

@@ -22,15 +22,18 @@ pub struct AppState {
     pub cfg: Config,
     pub sessions: Peer,
     pub carts: Peer,
-    pub auth: Peer,
 }
 
 pub async fn run() -> anyhow::Result<()> {
     let cfg = Config::read(Env::from_process())?;
     let token = cfg.common.internal_token.clone();
-    let sessions = Peer::new("session-svc", cfg.session_url.clone(), token.clone(), cfg.upstream);
-    let carts = Peer::new("cart-svc", cfg.cart_url.clone(), token.clone(), cfg.upstream);
-    let auth = Peer::new("auth-svc", cfg.auth_url.clone(), token, cfg.upstream);
+    let sessions = Peer::new(
+        "session-svc",
+        cfg.session_url.clone(),
+        token.clone(),
+        cfg.upstream,
+    );
+    let carts = Peer::new("cart-svc", cfg.cart_url.clone(), token, cfg.upstream);
     let metrics = Metrics::new("gateway");
     // Ready when the peers every guest request needs answer.
     let checks = [sessions.clone(), carts.clone()]
@@ -53,7 +56,6 @@ pub async fn run() -> anyhow::Result<()> {
         cfg,
         sessions,
         carts,
-        auth,
     });
     serve(svc, move |c| {
         c.app_data(state.clone()).configure(routes::routes);

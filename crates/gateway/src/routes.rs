@@ -59,11 +59,16 @@ struct CreatedSession {
 
 /// `POST /api/v1/sessions`: a guest session on a new cart, or on the cart its
 /// `cart_token` recovers.
-async fn start_session(req: HttpRequest, payload: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+async fn start_session(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let rid = request_id(&req);
     let body = read_body(&req, payload, st.cfg.max_body_bytes).await?;
     let map = parse_object(&req, &body, &["cart_token"])?.unwrap_or_default();
-    let cart_token = opt_str_field(&map, "cart_token").map_err(|e| Problem::from_field_errors([e]))?;
+    let cart_token =
+        opt_str_field(&map, "cart_token").map_err(|e| Problem::from_field_errors([e]))?;
 
     // An unknown, expired or merged cart token is not an error (API.md): the guest
     // simply gets a fresh cart.
@@ -75,12 +80,18 @@ async fn start_session(req: HttpRequest, payload: web::Payload, st: web::Data<Ap
     };
     let recovered = recovered_cart.is_some();
     let create_body = match &recovered_cart {
-        Some((cart_id, token)) => json!({ "kind": "guest", "cart_id": cart_id, "cart_token": token }),
+        Some((cart_id, token)) => {
+            json!({ "kind": "guest", "cart_id": cart_id, "cart_token": token })
+        }
         None => json!({ "kind": "guest" }),
     };
     let res = st
         .sessions
-        .request(reqwest::Method::POST, "/internal/v1/sessions", rid.as_deref())
+        .request(
+            reqwest::Method::POST,
+            "/internal/v1/sessions",
+            rid.as_deref(),
+        )
         .json(&create_body)
         .send()
         .await
@@ -88,9 +99,14 @@ async fn start_session(req: HttpRequest, payload: web::Payload, st: web::Data<Ap
     if res.status() != reqwest::StatusCode::CREATED {
         return Ok(upstream::relay_error(st.sessions.name, res).await);
     }
-    let created: CreatedSession = res.json().await.map_err(|e| upstream::failure(st.sessions.name, &e))?;
+    let created: CreatedSession = res
+        .json()
+        .await
+        .map_err(|e| upstream::failure(st.sessions.name, &e))?;
 
-    let max_age = time::Duration::seconds(i64::try_from(st.cfg.cart_token_cookie_max_age.as_secs()).unwrap_or(i64::MAX));
+    let max_age = time::Duration::seconds(
+        i64::try_from(st.cfg.cart_token_cookie_max_age.as_secs()).unwrap_or(i64::MAX),
+    );
     let mut token_cookie = cookie(&st, CART_TOKEN_COOKIE, created.cart_token.clone());
     token_cookie.set_max_age(max_age);
     Ok(HttpResponse::Created()
@@ -107,14 +123,22 @@ async fn start_session(req: HttpRequest, payload: web::Payload, st: web::Data<Ap
         })))
 }
 
-async fn resolve_cart_token(st: &AppState, token: &str, rid: Option<&str>) -> Result<Option<String>, Problem> {
+async fn resolve_cart_token(
+    st: &AppState,
+    token: &str,
+    rid: Option<&str>,
+) -> Result<Option<String>, Problem> {
     #[derive(Deserialize)]
     struct Resolved {
         cart_id: String,
     }
     let res = st
         .carts
-        .request(reqwest::Method::POST, "/internal/v1/carts/resolve-token", rid)
+        .request(
+            reqwest::Method::POST,
+            "/internal/v1/carts/resolve-token",
+            rid,
+        )
         .json(&json!({ "cart_token": token }))
         .send()
         .await
@@ -155,7 +179,11 @@ async fn end_session(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRe
     caller::check_csrf(&req, &cred, &st.cfg.allowed_origins)?;
     let res = st
         .sessions
-        .request(reqwest::Method::POST, "/internal/v1/sessions/revoke", request_id(&req).as_deref())
+        .request(
+            reqwest::Method::POST,
+            "/internal/v1/sessions/revoke",
+            request_id(&req).as_deref(),
+        )
         .json(&json!({ "session_token": cred.token }))
         .send()
         .await
@@ -193,7 +221,10 @@ const NOT_FORWARDED: [&str; 14] = [
 
 fn forwardable(name: &HeaderName) -> bool {
     let n = name.as_str();
-    !NOT_FORWARDED.contains(&n) && !identity::is_reserved_header(n) && n != "x-forwarded-for" && n != "x-forwarded-proto"
+    !NOT_FORWARDED.contains(&n)
+        && !identity::is_reserved_header(n)
+        && n != "x-forwarded-for"
+        && n != "x-forwarded-proto"
 }
 
 /// Response headers never relayed: hop-by-hop ones and the length (the body is streamed
@@ -202,12 +233,23 @@ fn relayable(name: &HeaderName) -> bool {
     let n = name.as_str();
     !matches!(
         n,
-        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "content-length"
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
     )
 }
 
 /// Every cart route: authenticate, then forward to cart-svc with the caller's identity.
-async fn proxy_cart(req: HttpRequest, payload: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+async fn proxy_cart(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let cred: Credential = caller::credential(&req)?;
     caller::check_csrf(&req, &cred, &st.cfg.allowed_origins)?;
     let rid = request_id(&req);
@@ -215,14 +257,17 @@ async fn proxy_cart(req: HttpRequest, payload: web::Payload, st: web::Data<AppSt
     let body = read_body(&req, payload, st.cfg.max_body_bytes).await?;
 
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).map_err(|_| Problem::for_status(StatusCode::METHOD_NOT_ALLOWED))?;
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
+        .map_err(|_| Problem::for_status(StatusCode::METHOD_NOT_ALLOWED))?;
     let mut out = st.carts.request(method, path, rid.as_deref());
     for (name, value) in req.headers() {
         if forwardable(name) {
             out = out.header(name.as_str(), value.as_bytes());
         }
     }
-    out = out.header(KIND_HEADER, id.kind.as_str()).header(CART_ID_HEADER, id.cart_id.as_str());
+    out = out
+        .header(KIND_HEADER, id.kind.as_str())
+        .header(CART_ID_HEADER, id.cart_id.as_str());
     if let Some(h) = &id.cart_token_hash {
         out = out.header(CART_TOKEN_HASH_HEADER, h.as_str());
     }
@@ -235,7 +280,10 @@ async fn proxy_cart(req: HttpRequest, payload: web::Payload, st: web::Data<AppSt
     }
     tracing::debug!(session = %id.session_ref, "forwarding to cart-svc");
 
-    let res = out.send().await.map_err(|e| upstream::failure(st.carts.name, &e))?;
+    let res = out
+        .send()
+        .await
+        .map_err(|e| upstream::failure(st.carts.name, &e))?;
     let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut reply = HttpResponse::build(status);
     copy_headers(res.headers(), &mut reply);
@@ -254,7 +302,9 @@ async fn proxy_cart(req: HttpRequest, payload: web::Payload, st: web::Data<AppSt
 
 fn copy_headers(from: &reqwest::header::HeaderMap, to: &mut actix_web::HttpResponseBuilder) {
     for (name, value) in from {
-        let Ok(name) = HeaderName::from_bytes(name.as_str().as_bytes()) else { continue };
+        let Ok(name) = HeaderName::from_bytes(name.as_str().as_bytes()) else {
+            continue;
+        };
         if relayable(&name) {
             if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
                 to.append_header((name, v));
@@ -274,7 +324,10 @@ fn forwarded_headers(req: &HttpRequest, out: reqwest::RequestBuilder) -> reqwest
         (None, Some(p)) => p,
         (None, None) => String::new(),
     };
-    let mut out = out.header("x-forwarded-proto", req.connection_info().scheme().to_owned());
+    let mut out = out.header(
+        "x-forwarded-proto",
+        req.connection_info().scheme().to_owned(),
+    );
     if !xff.is_empty() {
         out = out.header("x-forwarded-for", xff);
     }

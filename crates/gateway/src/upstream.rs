@@ -9,9 +9,13 @@ use svc_kit::Problem;
 pub fn failure(peer: &str, e: &reqwest::Error) -> Problem {
     if e.is_timeout() {
         tracing::warn!(peer, error = %e, "upstream timed out");
-        Problem::new(StatusCode::GATEWAY_TIMEOUT, "gateway-timeout", "Gateway timeout")
-            .detail("a backend service did not answer in time; retry later")
-            .retry_after(1)
+        Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "gateway-timeout",
+            "Gateway timeout",
+        )
+        .detail("a backend service did not answer in time; retry later")
+        .retry_after(1)
     } else if e.is_connect() {
         tracing::warn!(peer, error = %e, "upstream unreachable");
         Problem::new(StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway")

@@ -35,12 +35,18 @@ impl SessionMetrics {
     pub fn new(m: &Metrics) -> Self {
         Self {
             created: m.register(
-                &IntCounterVec::new(Opts::new("sessions_created_total", "Sessions created."), &["kind"])
-                    .expect("static metric definition is valid"),
+                &IntCounterVec::new(
+                    Opts::new("sessions_created_total", "Sessions created."),
+                    &["kind"],
+                )
+                .expect("static metric definition is valid"),
             ),
             touches: m.register(
                 &IntCounterVec::new(
-                    Opts::new("session_touches_total", "Session look-ups, by result (live or missing)."),
+                    Opts::new(
+                        "session_touches_total",
+                        "Session look-ups, by result (live or missing).",
+                    ),
                     &["result"],
                 )
                 .expect("static metric definition is valid"),
@@ -81,15 +87,23 @@ pub fn session_ref(token_hash: &str) -> &str {
 
 /// Starts a guest session bound to a cart: a new cart id and cart token, or — when the
 /// gateway recovered a cart from a `cart_token` — that cart and that token.
-async fn create(req: HttpRequest, payload: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+async fn create(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let body = read_body(&req, payload, st.max_body_bytes).await?;
     let map = parse_object(&req, &body, &["kind", "cart_id", "cart_token"])?.unwrap_or_default();
     let kind = opt_str_field(&map, "kind").map_err(|e| Problem::from_field_errors([e]))?;
     if kind.is_some_and(|k| k != "guest") {
-        return Err(Problem::validation("kind", "only guest sessions are created here"));
+        return Err(Problem::validation(
+            "kind",
+            "only guest sessions are created here",
+        ));
     }
     let cart_id = opt_str_field(&map, "cart_id").map_err(|e| Problem::from_field_errors([e]))?;
-    let cart_token = opt_str_field(&map, "cart_token").map_err(|e| Problem::from_field_errors([e]))?;
+    let cart_token =
+        opt_str_field(&map, "cart_token").map_err(|e| Problem::from_field_errors([e]))?;
     let (cart_id, cart_token) = match (cart_id, cart_token) {
         (Some(id), Some(token)) if is_plausible_token(token) => (
             id.parse::<CartId>()
@@ -144,7 +158,11 @@ fn unknown_session() -> Problem {
 
 /// Looks a session up and slides its idle timeout: called by the gateway on every
 /// authenticated request.
-async fn touch(req: HttpRequest, payload: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+async fn touch(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let body = read_body(&req, payload, st.max_body_bytes).await?;
     let token = token_from_body(&req, &body)?;
     if !is_plausible_token(&token) {
@@ -181,7 +199,11 @@ fn identity_json(s: &Session, token_hash: &str) -> serde_json::Value {
     })
 }
 
-async fn revoke(req: HttpRequest, payload: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+async fn revoke(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let body = read_body(&req, payload, st.max_body_bytes).await?;
     let token = token_from_body(&req, &body)?;
     if !is_plausible_token(&token) {

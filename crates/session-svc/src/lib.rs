@@ -36,7 +36,11 @@ pub async fn run() -> anyhow::Result<()> {
         async move { redis_ping(&p).await }
     })]);
     let state = web::Data::new(AppState {
-        store: Store::new(pool, cfg.redis.key_prefix.clone(), cfg.redis.timeout.max(Duration::from_millis(50))),
+        store: Store::new(
+            pool,
+            cfg.redis.key_prefix.clone(),
+            cfg.redis.timeout.max(Duration::from_millis(50)),
+        ),
         timeouts: cfg.timeouts,
         max_body_bytes: cfg.max_body_bytes,
         metrics: SessionMetrics::new(&metrics),

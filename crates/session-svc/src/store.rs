@@ -134,10 +134,14 @@ impl Store {
     pub async fn create(&self, token_hash: &str, s: &NewSession) -> Result<Session, SessionError> {
         let now = now_ms();
         let idle_ms = i64::try_from(s.idle.as_millis()).unwrap_or(i64::MAX);
-        let abs_exp = s
-            .absolute
-            .map_or(0, |a| now.saturating_add(i64::try_from(a.as_millis()).unwrap_or(i64::MAX)));
-        let ttl = if abs_exp > 0 { idle_ms.min(abs_exp - now) } else { idle_ms };
+        let abs_exp = s.absolute.map_or(0, |a| {
+            now.saturating_add(i64::try_from(a.as_millis()).unwrap_or(i64::MAX))
+        });
+        let ttl = if abs_exp > 0 {
+            idle_ms.min(abs_exp - now)
+        } else {
+            idle_ms
+        };
         let (kind, user_id) = match s.kind {
             Kind::Guest => ("guest", String::new()),
             Kind::User(u) => ("user", u.to_string()),
@@ -177,15 +181,25 @@ impl Store {
         };
         let kind = match kind.as_str() {
             "guest" => Kind::Guest,
-            "user" => Kind::User(user_id.parse().map_err(|_| SessionError::Corrupt("user_id"))?),
+            "user" => Kind::User(
+                user_id
+                    .parse()
+                    .map_err(|_| SessionError::Corrupt("user_id"))?,
+            ),
             _ => return Err(SessionError::Corrupt("kind")),
         };
         let ttl: i64 = ttl.parse().map_err(|_| SessionError::Corrupt("ttl"))?;
         Ok(Some(Session {
             kind,
-            cart_id: cart_id.parse().map_err(|_| SessionError::Corrupt("cart_id"))?,
+            cart_id: cart_id
+                .parse()
+                .map_err(|_| SessionError::Corrupt("cart_id"))?,
             cart_token_hash: Some(cart_token_hash.clone()).filter(|h| !h.is_empty()),
-            created_at: at_ms(created_at.parse().map_err(|_| SessionError::Corrupt("created_at"))?),
+            created_at: at_ms(
+                created_at
+                    .parse()
+                    .map_err(|_| SessionError::Corrupt("created_at"))?,
+            ),
             last_active: at_ms(now),
             expires_at: at_ms(now + ttl),
         }))
@@ -195,7 +209,11 @@ impl Store {
     pub async fn revoke(&self, token_hash: &str) -> Result<bool, SessionError> {
         let mut conn = self.conn().await?;
         let removed: i64 = self
-            .bounded(redis::cmd("DEL").arg(self.key(token_hash)).query_async(&mut conn))
+            .bounded(
+                redis::cmd("DEL")
+                    .arg(self.key(token_hash))
+                    .query_async(&mut conn),
+            )
             .await?;
         Ok(removed > 0)
     }

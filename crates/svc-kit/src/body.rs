@@ -18,7 +18,11 @@ pub type JsonObject = Map<String, Value>;
 
 /// Reads the whole body, refusing (413) anything over `limit` bytes, whether announced
 /// by `Content-Length` or discovered while streaming (chunked uploads).
-pub async fn read_body(req: &HttpRequest, mut payload: Payload, limit: usize) -> Result<Bytes, Problem> {
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: Payload,
+    limit: usize,
+) -> Result<Bytes, Problem> {
     let announced = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -40,10 +44,19 @@ pub async fn read_body(req: &HttpRequest, mut payload: Payload, limit: usize) ->
 
 /// True for `application/json` and `application/<x>+json`, with any parameters.
 pub fn is_json_content_type(req: &HttpRequest) -> bool {
-    let Some(ct) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(ct) = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
@@ -51,7 +64,11 @@ pub fn is_json_content_type(req: &HttpRequest) -> bool {
 /// Parses a JSON object body that may hold only `allowed` fields.
 ///
 /// An empty body is `Ok(None)`; the caller decides whether a body was required.
-pub fn parse_object(req: &HttpRequest, body: &[u8], allowed: &[&str]) -> Result<Option<JsonObject>, Problem> {
+pub fn parse_object(
+    req: &HttpRequest,
+    body: &[u8],
+    allowed: &[&str],
+) -> Result<Option<JsonObject>, Problem> {
     let has_content_type = req.headers().contains_key(header::CONTENT_TYPE);
     if body.iter().all(u8::is_ascii_whitespace) {
         if has_content_type && !is_json_content_type(req) {
@@ -67,14 +84,20 @@ pub fn parse_object(req: &HttpRequest, body: &[u8], allowed: &[&str]) -> Result<
     let Value::Object(map) = value else {
         return Err(Problem::malformed("the body must be a JSON object"));
     };
-    let unknown: Vec<&String> = map.keys().filter(|k| !allowed.contains(&k.as_str())).collect();
+    let unknown: Vec<&String> = map
+        .keys()
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .collect();
     if !unknown.is_empty() {
         let mut p = Problem::new(
             actix_web::http::StatusCode::BAD_REQUEST,
             "validation-error",
             "Invalid request",
         )
-        .detail(format!("unknown fields; this request accepts only: {}", allowed.join(", ")));
+        .detail(format!(
+            "unknown fields; this request accepts only: {}",
+            allowed.join(", ")
+        ));
         for k in unknown {
             p = p.field(truncate(k, 64), "unknown field");
         }
@@ -84,9 +107,17 @@ pub fn parse_object(req: &HttpRequest, body: &[u8], allowed: &[&str]) -> Result<
 }
 
 /// Like [`parse_object`] but a body is required.
-pub fn require_object(req: &HttpRequest, body: &[u8], allowed: &[&str]) -> Result<JsonObject, Problem> {
-    parse_object(req, body, allowed)?
-        .ok_or_else(|| Problem::malformed(format!("a JSON body is required with: {}", allowed.join(", "))))
+pub fn require_object(
+    req: &HttpRequest,
+    body: &[u8],
+    allowed: &[&str],
+) -> Result<JsonObject, Problem> {
+    parse_object(req, body, allowed)?.ok_or_else(|| {
+        Problem::malformed(format!(
+            "a JSON body is required with: {}",
+            allowed.join(", ")
+        ))
+    })
 }
 
 /// A required JSON integer (not a float, not a string).
@@ -110,7 +141,10 @@ pub fn str_field<'m>(map: &'m JsonObject, name: &str) -> Result<&'m str, domain:
 }
 
 /// An optional JSON string (absent or null is `None`).
-pub fn opt_str_field<'m>(map: &'m JsonObject, name: &str) -> Result<Option<&'m str>, domain::FieldError> {
+pub fn opt_str_field<'m>(
+    map: &'m JsonObject,
+    name: &str,
+) -> Result<Option<&'m str>, domain::FieldError> {
     match map.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -165,7 +199,13 @@ mod tests {
 
     #[test]
     fn non_objects_and_bad_json_are_400() {
-        assert_eq!(parse_object(&json_req(), b"[1]", &[]).unwrap_err().status, 400);
-        assert_eq!(parse_object(&json_req(), b"{nope", &[]).unwrap_err().status, 400);
+        assert_eq!(
+            parse_object(&json_req(), b"[1]", &[]).unwrap_err().status,
+            400
+        );
+        assert_eq!(
+            parse_object(&json_req(), b"{nope", &[]).unwrap_err().status,
+            400
+        );
     }
 }

@@ -122,8 +122,9 @@ impl<'a> Env<'a> {
         match raw.parse() {
             Ok(a) => a,
             Err(e) => {
-                self.errors
-                    .push(format!("  {name}={raw:?}: {e} (expected host:port, e.g. 0.0.0.0:8080)"));
+                self.errors.push(format!(
+                    "  {name}={raw:?}: {e} (expected host:port, e.g. 0.0.0.0:8080)"
+                ));
                 fallback
             }
         }
@@ -133,17 +134,28 @@ impl<'a> Env<'a> {
     pub fn base_url(&mut self, name: &str, default: &str) -> String {
         let raw = self.string(name, default);
         if !(raw.starts_with("http://") || raw.starts_with("https://")) {
-            self.errors
-                .push(format!("  {name}={raw:?}: must start with http:// or https://"));
+            self.errors.push(format!(
+                "  {name}={raw:?}: must start with http:// or https://"
+            ));
         }
         raw.trim_end_matches('/').to_owned()
     }
 
-    pub fn secs(&mut self, name: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> Duration {
+    pub fn secs(
+        &mut self,
+        name: &str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Duration {
         Duration::from_secs(self.int_in(name, default, range))
     }
 
-    pub fn millis(&mut self, name: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> Duration {
+    pub fn millis(
+        &mut self,
+        name: &str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Duration {
         Duration::from_millis(self.int_in(name, default, range))
     }
 
@@ -152,8 +164,9 @@ impl<'a> Env<'a> {
         match self.raw(name) {
             Some(v) if v.len() >= min_len => Secret(v),
             Some(_) => {
-                self.errors
-                    .push(format!("  {name}: must be at least {min_len} characters ({hint})"));
+                self.errors.push(format!(
+                    "  {name}: must be at least {min_len} characters ({hint})"
+                ));
                 Secret(String::new())
             }
             None => {
@@ -220,7 +233,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

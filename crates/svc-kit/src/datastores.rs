@@ -24,7 +24,10 @@ pub struct PgSettings {
 impl PgSettings {
     pub fn read(env: &mut Env<'_>) -> Self {
         Self {
-            url: env.secret_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/cart_platform"),
+            url: env.secret_or(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/cart_platform",
+            ),
             max_connections: env.int_in("DATABASE_MAX_CONNECTIONS", 16, 1..=1000),
             acquire_timeout: env.millis("DATABASE_ACQUIRE_TIMEOUT_MS", 1000, 10..=60_000),
             statement_timeout: env.millis("DATABASE_STATEMENT_TIMEOUT_MS", 5000, 0..=600_000),
@@ -59,9 +62,9 @@ impl PgSettings {
             "schema names are lower-case identifiers"
         );
         let opts = self.options()?.options([("search_path", schema)]);
-        let mut conn = PgConnection::connect_with(&opts)
-            .await
-            .context("connecting to Postgres to migrate (is DATABASE_URL right and the database created?)")?;
+        let mut conn = PgConnection::connect_with(&opts).await.context(
+            "connecting to Postgres to migrate (is DATABASE_URL right and the database created?)",
+        )?;
         sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
             .execute(&mut conn)
             .await

@@ -38,11 +38,15 @@ pub async fn require_internal_token(
         _ => false,
     };
     if !ok {
-        let res = Problem::unauthorized("this endpoint is internal: a valid internal credential is required")
-            .error_response();
+        let res = Problem::unauthorized(
+            "this endpoint is internal: a valid internal credential is required",
+        )
+        .error_response();
         return Ok(req.into_response(res));
     }
-    next.call(req).await.map(ServiceResponse::map_into_boxed_body)
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_boxed_body)
 }
 
 /// Timeouts and pool bounds of an internal HTTP client.
@@ -69,7 +73,8 @@ pub fn http_client(settings: ClientSettings) -> reqwest::Client {
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.request_timeout)
         .pool_max_idle_per_host(settings.max_idle_per_host)
-        .pool_idle_timeout(Duration::from_secs(60))
+        // Shorter than the servers' keep-alive (75 s, `server::serve`), see there.
+        .pool_idle_timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .tcp_keepalive(Duration::from_secs(30))
         .build()
@@ -87,7 +92,12 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(name: &'static str, base_url: String, token: Secret, settings: ClientSettings) -> Self {
+    pub fn new(
+        name: &'static str,
+        base_url: String,
+        token: Secret,
+        settings: ClientSettings,
+    ) -> Self {
         Self {
             name,
             base_url,
@@ -98,7 +108,12 @@ impl Peer {
 
     /// A request to `path` on this peer with the internal credential and the caller's
     /// request id attached.
-    pub fn request(&self, method: reqwest::Method, path: &str, request_id: Option<&str>) -> reqwest::RequestBuilder {
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        request_id: Option<&str>,
+    ) -> reqwest::RequestBuilder {
         let mut rb = self
             .client
             .request(method, format!("{}{}", self.base_url, path))

@@ -27,7 +27,11 @@ impl Metrics {
                 "Duration of HTTP server requests, by route template.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["http_request_method", "http_route", "http_response_status_code"],
+            &[
+                "http_request_method",
+                "http_route",
+                "http_response_status_code",
+            ],
         )
         .expect("static metric definition is valid");
         registry

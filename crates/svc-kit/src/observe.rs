@@ -58,7 +58,8 @@ pub async fn observe(
     span.record("route", route.as_str());
     let status = res.status();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        res.headers_mut().insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
+        res.headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
     }
     let elapsed = started.elapsed();
     if let Some(m) = metrics {

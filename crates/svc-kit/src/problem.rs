@@ -92,14 +92,22 @@ impl Problem {
     // The vocabulary shared by every service.
 
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "validation-error", "Invalid request")
-            .detail("one or more fields are invalid; see errors")
-            .field(field, message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "validation-error",
+            "Invalid request",
+        )
+        .detail("one or more fields are invalid; see errors")
+        .field(field, message)
     }
 
     pub fn from_field_errors(errors: impl IntoIterator<Item = domain::FieldError>) -> Self {
-        let mut p = Self::new(StatusCode::BAD_REQUEST, "validation-error", "Invalid request")
-            .detail("one or more fields are invalid; see errors");
+        let mut p = Self::new(
+            StatusCode::BAD_REQUEST,
+            "validation-error",
+            "Invalid request",
+        )
+        .detail("one or more fields are invalid; see errors");
         for e in errors {
             p = p.field(e.field, e.message);
         }
@@ -107,7 +115,12 @@ impl Problem {
     }
 
     pub fn malformed(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "malformed-request", "Malformed request").detail(detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-request",
+            "Malformed request",
+        )
+        .detail(detail)
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
@@ -123,8 +136,12 @@ impl Problem {
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
-            .detail(format!("request bodies are limited to {limit} bytes"))
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload too large",
+        )
+        .detail(format!("request bodies are limited to {limit} bytes"))
     }
 
     pub fn unsupported_media_type() -> Self {

@@ -44,6 +44,10 @@ where
             }))
     })
     .workers(svc.common.workers)
+    // Longer than any client's idle-connection timeout (ours is 30 s, see
+    // `internal::http_client`): the client must always be the side that closes an idle
+    // keep-alive connection, or it may send a request on a socket the server is closing.
+    .keep_alive(std::time::Duration::from_secs(75))
     .disable_signals()
     .shutdown_timeout(svc.common.shutdown_drain.as_secs())
     .backlog(4096)

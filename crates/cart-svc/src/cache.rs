@@ -1,0 +1,216 @@
+//! Cache-aside for cart reads in Redis; Postgres stays the source of truth.
+//!
+//! Each entry is a hash `cart:<cart_id>` holding the cart's version (`v`) and its JSON
+//! representation (`b`), served as-is on a hit. Entries are written only through a Lua
+//! compare-and-set that refuses to replace a newer version with an older one, so a slow
+//! reader that loaded version 5 can never overwrite the version 6 a writer just cached:
+//! the cache never holds an older version than the last one written to it, and a client
+//! reads its own writes.
+//!
+//! Redis is optional for correctness. Every call has a short deadline, errors fall back
+//! to Postgres, and a cart whose snapshot could not be refreshed after a commit is
+//! remembered as *suspect*: its reads bypass the cache until a later write or delete of
+//! its entry succeeds, so a Redis hiccup cannot serve a stale cart to the client that
+//! just changed it.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use deadpool_redis::redis::{self, Script};
+use deadpool_redis::Pool;
+use domain::CartId;
+use prometheus::{IntCounterVec, Opts};
+use svc_kit::metrics::Metrics;
+
+const PUT_IF_NEWER: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'v')
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'b', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// The raw `HMGET v b` reply.
+type Entry = (Option<i64>, Option<Vec<u8>>);
+
+/// A cached cart: its version and the JSON body to send.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub version: i64,
+    pub body: Bytes,
+}
+
+#[derive(Clone)]
+pub struct Cache {
+    pool: Pool,
+    prefix: String,
+    ttl_secs: u64,
+    timeout: Duration,
+    put: Arc<Script>,
+    suspect: Arc<Mutex<HashSet<CartId>>>,
+    results: IntCounterVec,
+}
+
+impl Cache {
+    pub fn new(
+        pool: Pool,
+        prefix: String,
+        ttl_secs: u64,
+        timeout: Duration,
+        metrics: &Metrics,
+    ) -> Self {
+        let results = metrics.register(
+            &IntCounterVec::new(
+                Opts::new(
+                    "cart_cache_requests_total",
+                    "Cart cache operations by kind (get, put, delete) and result (hit, miss, stored, stale, error).",
+                ),
+                &["op", "result"],
+            )
+            .expect("static metric definition is valid"),
+        );
+        Self {
+            pool,
+            prefix,
+            ttl_secs,
+            timeout,
+            put: Arc::new(Script::new(PUT_IF_NEWER)),
+            suspect: Arc::new(Mutex::new(HashSet::new())),
+            results,
+        }
+    }
+
+    pub fn key(&self, cart_id: CartId) -> String {
+        format!("{}cart:{}", self.prefix, cart_id)
+    }
+
+    fn count(&self, op: &str, result: &str) {
+        self.results.with_label_values(&[op, result]).inc();
+    }
+
+    fn is_suspect(&self, cart_id: CartId) -> bool {
+        self.suspect
+            .lock()
+            .map(|s| s.contains(&cart_id))
+            .unwrap_or(true)
+    }
+
+    fn set_suspect(&self, cart_id: CartId, suspect: bool) {
+        if let Ok(mut s) = self.suspect.lock() {
+            if suspect {
+                s.insert(cart_id);
+            } else {
+                s.remove(&cart_id);
+            }
+        }
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        f: impl FnOnce(&mut redis::Pipeline),
+    ) -> Result<T, String> {
+        let work = async {
+            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut pipe = redis::pipe();
+            f(&mut pipe);
+            pipe.query_async::<T>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| Err("timed out".to_owned()))
+    }
+
+    /// The cached cart, if present and trustworthy. Any failure is a miss.
+    pub async fn get(&self, cart_id: CartId) -> Option<Snapshot> {
+        if self.is_suspect(cart_id) {
+            self.count("get", "bypass");
+            return None;
+        }
+        let key = self.key(cart_id);
+        let reply: Result<(Entry,), String> = self
+            .run(|p| {
+                p.cmd("HMGET").arg(&key).arg("v").arg("b");
+            })
+            .await;
+        match reply {
+            Ok(((Some(version), Some(body)),)) => {
+                self.count("get", "hit");
+                Some(Snapshot {
+                    version,
+                    body: Bytes::from(body),
+                })
+            }
+            Ok(_) => {
+                self.count("get", "miss");
+                None
+            }
+            Err(e) => {
+                self.count("get", "error");
+                tracing::debug!(error = %e, "cart cache read failed; reading Postgres");
+                None
+            }
+        }
+    }
+
+    /// Stores `snapshot` unless the cache already holds that version or a newer one.
+    /// After a commit (`after_write`), a failure marks the cart suspect and tries to
+    /// delete the old entry.
+    pub async fn put(&self, cart_id: CartId, snapshot: &Snapshot, after_write: bool) {
+        let key = self.key(cart_id);
+        let work = async {
+            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut inv = self.put.key(&key);
+            inv.arg(snapshot.version)
+                .arg(snapshot.body.as_ref())
+                .arg(self.ttl_secs);
+            inv.invoke_async::<i64>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let result = tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| Err("timed out".to_owned()));
+        match result {
+            Ok(stored) => {
+                self.count("put", if stored == 1 { "stored" } else { "stale" });
+                if after_write {
+                    self.set_suspect(cart_id, false);
+                }
+            }
+            Err(e) => {
+                self.count("put", "error");
+                tracing::debug!(error = %e, "cart cache write failed");
+                if after_write {
+                    self.set_suspect(cart_id, true);
+                    self.delete(cart_id).await;
+                }
+            }
+        }
+    }
+
+    /// Removes the entry (a suspect cart becomes trustworthy again once this succeeds).
+    pub async fn delete(&self, cart_id: CartId) {
+        let key = self.key(cart_id);
+        let r: Result<(i64,), String> = self
+            .run(|p| {
+                p.cmd("DEL").arg(&key);
+            })
+            .await;
+        match r {
+            Ok(_) => {
+                self.count("delete", "ok");
+                self.set_suspect(cart_id, false);
+            }
+            Err(e) => {
+                self.count("delete", "error");
+                tracing::debug!(error = %e, "cart cache delete failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! End-to-end harness: starts the five real binaries against a real Postgres and a real
+//! Redis, each test on its own fresh database and Redis key prefix, and gives the tests
+//! a small vocabulary to walk the public API (API.md) through the gateway.
+//!
+//! Nothing here is mocked: a journey that passes here passed through the same HTTP,
+//! the same Redis scripts and the same SQL as in production.
+//!
+//! Needs `DATABASE_URL` (a superuser URL: the harness creates a database per test) and
+//! `REDIS_URL`; `scripts/test.sh` starts throw-away ones and sets both. The binaries are
+//! taken from `E2E_BIN_DIR`, else `<workspace>/target/debug`
+//! (`cargo build --workspace --bins` first).
+
+mod cart;
+mod guest;
+mod platform;
+mod reply;
+
+pub use cart::{rfc3339_utc, CartLine, CartView, DbCart};
+pub use guest::Guest;
+pub use platform::{Platform, PlatformOptions};
+pub use reply::{Problem, Reply, SetCookie};

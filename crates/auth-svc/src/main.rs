@@ -8,7 +8,9 @@ async fn main() -> std::process::ExitCode {
     let result = match std::env::args().nth(1).as_deref() {
         None | Some("serve") => auth_svc::run().await,
         Some("migrate") => auth_svc::migrate_only().await,
-        Some(other) => Err(anyhow::anyhow!("unknown command {other:?}; expected `serve` or `migrate`")),
+        Some(other) => Err(anyhow::anyhow!(
+            "unknown command {other:?}; expected `serve` or `migrate`"
+        )),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -20,7 +20,10 @@ impl Quantity {
     /// request is well-formed and only the cart's state makes it impossible.
     pub fn parse_add(raw: i64) -> Result<Self, FieldError> {
         if raw < 1 {
-            return Err(FieldError::new("quantity", "must be an integer of at least 1"));
+            return Err(FieldError::new(
+                "quantity",
+                "must be an integer of at least 1",
+            ));
         }
         Ok(Self(saturate(raw)))
     }
@@ -29,7 +32,10 @@ impl Quantity {
     pub fn parse_set(raw: i64) -> Result<SetQuantity, FieldError> {
         match raw {
             0 => Ok(SetQuantity::Remove),
-            n if n < 0 => Err(FieldError::new("quantity", "must be an integer of at least 0")),
+            n if n < 0 => Err(FieldError::new(
+                "quantity",
+                "must be an integer of at least 0",
+            )),
             n => Ok(SetQuantity::To(Self(saturate(n)))),
         }
     }

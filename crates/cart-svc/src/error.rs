@@ -42,6 +42,13 @@ impl From<StoreError> for Problem {
             )
             .detail(format!("a cart may hold at most {max} distinct lines"))
             .field("product_id", format!("the cart already holds {max} lines")),
+            StoreError::KeyInFlight => Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency-key-in-flight",
+                "Request in progress",
+            )
+            .detail("a request with this Idempotency-Key is still being processed; retry shortly")
+            .retry_after(1),
             StoreError::NotActive => {
                 Problem::new(StatusCode::CONFLICT, "cart-not-active", "Cart not active")
                     .detail("this cart was merged into an account or closed; start a new session")

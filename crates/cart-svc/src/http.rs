@@ -1,22 +1,37 @@
 //! cart-svc's HTTP surface. The cart paths mirror the public API (the gateway forwards
 //! them unchanged, with the caller's identity); everything here requires the internal
 //! credential.
+//!
+//! A mutation runs as one unit of work (`store::CartTx`): claim the idempotency key,
+//! lock the cart, replay a stored outcome or apply the change, store the outcome with
+//! the change, commit, refresh the cache, answer. Every step against Postgres is bounded
+//! by `CART_DB_DEADLINE_MS`, so a stalled database turns into a quick 503.
+
+use std::future::Future;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::middleware::from_fn;
+use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
+use domain::offline::{BatchOutcome, OfflineChange, OfflineOp, OpId};
 use domain::{CartOp, FieldError, ProductId, Quantity};
-use serde_json::json;
-use svc_kit::body::{int_field, read_body, require_object, str_field};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use svc_kit::body::{int_field, read_body, require_object, str_field, JsonObject};
 use svc_kit::internal::require_internal_token;
 use svc_kit::Problem;
 
 use crate::cache::Snapshot;
 use crate::caller::Caller;
-use crate::store::Precondition;
+use crate::store::{Precondition, StoredOutcome};
 use crate::view::{self, CartView};
 use crate::AppState;
+
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+/// The most operations one offline batch may carry (API.md).
+pub const MAX_BATCH_OPS: usize = 100;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -26,7 +41,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("", web::delete().to(clear_cart))
             .route("/items", web::post().to(add_item))
             .route("/items/{product_id}", web::put().to(set_item))
-            .route("/items/{product_id}", web::delete().to(remove_item)),
+            .route("/items/{product_id}", web::delete().to(remove_item))
+            .route("/ops", web::post().to(sync_ops)),
     )
     .service(
         web::scope("/internal/v1")
@@ -44,7 +60,7 @@ async fn get_cart(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
             return Ok(snapshot_response(&hit));
         }
     }
-    let cart = st.store.read(&caller).await?;
+    let cart = within_deadline(&st, async { Ok(st.store.read(&caller).await?) }).await?;
     let snapshot = snapshot(&cart);
     st.cache.put(cart.id, &snapshot, false).await;
     Ok(snapshot_response(&snapshot))
@@ -61,7 +77,14 @@ async fn add_item(
     let product = str_field(&map, "product_id").and_then(|s| ProductId::parse(s, &st.limits));
     let quantity = int_field(&map, "quantity").and_then(Quantity::parse_add);
     let (product, quantity) = both(product, quantity)?;
-    change(&req, &st, &caller, CartOp::Add(product, quantity)).await
+    mutate(
+        &req,
+        &st,
+        caller,
+        &body,
+        Work::Single(CartOp::Add(product, quantity)),
+    )
+    .await
 }
 
 async fn set_item(
@@ -84,7 +107,14 @@ async fn set_item(
     let product = ProductId::parse(&path, &st.limits);
     let quantity = int_field(&map, "quantity").and_then(Quantity::parse_set);
     let (product, quantity) = both(product, quantity)?;
-    change(&req, &st, &caller, CartOp::Set(product, quantity)).await
+    mutate(
+        &req,
+        &st,
+        caller,
+        &body,
+        Work::Single(CartOp::Set(product, quantity)),
+    )
+    .await
 }
 
 async fn remove_item(
@@ -95,31 +125,261 @@ async fn remove_item(
     let caller = Caller::from_request(&req)?;
     let product =
         ProductId::parse(&path, &st.limits).map_err(|e| Problem::from_field_errors([e]))?;
-    change(&req, &st, &caller, CartOp::Remove(product)).await
+    mutate(
+        &req,
+        &st,
+        caller,
+        b"",
+        Work::Single(CartOp::Remove(product)),
+    )
+    .await
 }
 
 async fn clear_cart(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let caller = Caller::from_request(&req)?;
-    change(&req, &st, &caller, CartOp::Clear).await
+    mutate(&req, &st, caller, b"", Work::Single(CartOp::Clear)).await
 }
 
-async fn change(
+/// `POST /api/v1/cart/ops`: an offline client's queued operations.
+async fn sync_ops(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    let caller = Caller::from_request(&req)?;
+    let body = read_body(&req, payload, st.max_body_bytes).await?;
+    let map = require_object(&req, &body, &["base_version", "ops"])?;
+    let (base_version, ops) = parse_batch(&map, &st.limits)?;
+    mutate(&req, &st, caller, &body, Work::Batch { base_version, ops }).await
+}
+
+/// What a mutation does once the cart is locked.
+enum Work {
+    Single(CartOp),
+    Batch {
+        base_version: i64,
+        ops: Vec<OfflineOp>,
+    },
+}
+
+/// An Idempotency-Key and the fingerprint of the request it came with.
+struct Idempotency {
+    key: String,
+    request_hash: String,
+}
+
+/// A response as it is sent, and as it is stored for an idempotency key.
+struct Rendered {
+    status: StatusCode,
+    etag: Option<String>,
+    body: Bytes,
+    /// The cart after the change, for the cache.
+    snapshot: Option<Snapshot>,
+}
+
+impl Rendered {
+    fn cart(snapshot: Snapshot) -> Self {
+        Self {
+            status: StatusCode::OK,
+            etag: Some(view::etag(snapshot.version)),
+            body: snapshot.body.clone(),
+            snapshot: Some(snapshot),
+        }
+    }
+
+    fn problem(p: &Problem) -> Self {
+        Self {
+            status: p.status_code(),
+            etag: p.etag.clone(),
+            body: serde_json::to_vec(p).unwrap_or_default().into(),
+            snapshot: None,
+        }
+    }
+
+    fn ops(snapshot: Snapshot, outcome: &BatchOutcome) -> Self {
+        let results: Vec<Value> = outcome
+            .results
+            .iter()
+            .map(|r| {
+                let mut v = json!({ "op_id": r.op_id.as_str(), "status": r.status.as_str() });
+                if let (Some(d), Some(obj)) = (&r.detail, v.as_object_mut()) {
+                    obj.insert("detail".to_owned(), Value::String(d.clone()));
+                }
+                v
+            })
+            .collect();
+        // The cart's JSON is already rendered for the cache: splice it in as is.
+        let mut body = Vec::with_capacity(snapshot.body.len() + 64 * results.len() + 32);
+        body.extend_from_slice(br#"{"cart":"#);
+        body.extend_from_slice(&snapshot.body);
+        body.extend_from_slice(br#","results":"#);
+        body.extend_from_slice(&serde_json::to_vec(&results).unwrap_or_default());
+        body.push(b'}');
+        Self {
+            status: StatusCode::OK,
+            etag: Some(view::etag(snapshot.version)),
+            body: body.into(),
+            snapshot: Some(snapshot),
+        }
+    }
+
+    fn into_response(self, replayed: bool) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status);
+        if let Some(etag) = self.etag {
+            res.insert_header((header::ETAG, etag));
+        }
+        if replayed {
+            res.insert_header((REPLAYED_HEADER, "true"));
+        }
+        res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+            .content_type(if self.status.is_success() {
+                "application/json"
+            } else {
+                svc_kit::problem::CONTENT_TYPE
+            })
+            .body(self.body)
+    }
+}
+
+async fn mutate(
     req: &HttpRequest,
     st: &AppState,
-    caller: &Caller,
-    op: CartOp,
+    caller: Caller,
+    body: &[u8],
+    work: Work,
 ) -> Result<HttpResponse, Problem> {
+    let idem = idempotency(req, body)?;
     let precondition = precondition(req);
-    let changed = st
-        .store
-        .change(caller, op, &precondition, &st.limits)
-        .await?;
-    let snapshot = snapshot(&changed.cart);
-    if changed.effect.changed() {
-        // Before answering, so this client's next read sees at least this version.
-        st.cache.put(changed.cart.id, &snapshot, true).await;
+    within_deadline(st, async {
+        let mut tx = st
+            .store
+            .begin(&caller, idem.as_ref().map(|i| i.key.as_str()))
+            .await?;
+        if let Some(i) = &idem {
+            if let Some(stored) = tx.stored_outcome(&i.key).await? {
+                if stored.request_hash != i.request_hash {
+                    return Err(key_reused());
+                }
+                return Ok(replay(stored));
+            }
+        }
+        let rendered = match tx.check(&precondition) {
+            Err(refused) => Rendered::problem(&Problem::from(refused)),
+            Ok(()) => match work {
+                Work::Single(op) => match tx.apply(op, &st.limits) {
+                    Ok(_) => Rendered::cart(snapshot(&tx.cart)),
+                    Err(refused) => Rendered::problem(&Problem::from(refused)),
+                },
+                Work::Batch { base_version, ops } => {
+                    let outcome = tx.apply_offline(base_version, ops, &st.limits).await?;
+                    Rendered::ops(snapshot(&tx.cart), &outcome)
+                }
+            },
+        };
+        if let Some(i) = &idem {
+            tx.remember(
+                &i.key,
+                &StoredOutcome {
+                    request_hash: i.request_hash.clone(),
+                    status: rendered.status.as_u16(),
+                    etag: rendered.etag.clone(),
+                    body: String::from_utf8_lossy(&rendered.body).into_owned(),
+                },
+            )
+            .await?;
+        }
+        let changed = tx.changes_cart();
+        let cart_id = tx.cart.id;
+        tx.commit().await?;
+        if changed {
+            if let Some(s) = &rendered.snapshot {
+                // Before answering, so this client's next read sees at least this version.
+                st.cache.put(cart_id, s, true).await;
+            }
+        }
+        Ok(rendered.into_response(false))
+    })
+    .await
+}
+
+fn replay(stored: StoredOutcome) -> HttpResponse {
+    Rendered {
+        status: StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK),
+        etag: stored.etag,
+        body: stored.body.into(),
+        snapshot: None,
     }
-    Ok(snapshot_response(&snapshot))
+    .into_response(true)
+}
+
+fn key_reused() -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency-key-reused",
+        "Idempotency key reused",
+    )
+    .detail("this Idempotency-Key was already used with a different request on this cart")
+}
+
+/// Bounds a piece of work against Postgres: past `CART_DB_DEADLINE_MS` the caller gets
+/// 503 + Retry-After instead of waiting on a stalled database. (A write whose commit
+/// raced the deadline may still have landed: clients retry with their Idempotency-Key.)
+async fn within_deadline<T>(
+    st: &AppState,
+    work: impl Future<Output = Result<T, Problem>>,
+) -> Result<T, Problem> {
+    match tokio::time::timeout(st.db_deadline, work).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(
+                deadline_ms = st.db_deadline.as_millis() as u64,
+                "postgres did not answer in time"
+            );
+            Err(Problem::unavailable(1))
+        }
+    }
+}
+
+/// The `Idempotency-Key` header (1–255 visible ASCII characters) and the request's
+/// fingerprint: method, path, If-Match and the body as canonical JSON (key order and
+/// whitespace do not matter).
+fn idempotency(req: &HttpRequest, body: &[u8]) -> Result<Option<Idempotency>, Problem> {
+    let Some(raw) = req.headers().get(IDEMPOTENCY_KEY_HEADER) else {
+        return Ok(None);
+    };
+    let key = raw.as_bytes();
+    if key.is_empty() || key.len() > 255 || !key.iter().all(u8::is_ascii_graphic) {
+        return Err(Problem::validation(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters",
+        ));
+    }
+    let canonical = if body.is_empty() {
+        String::new()
+    } else {
+        // The body was already parsed as JSON by the handler; serde_json's maps are
+        // sorted, so this is a canonical form.
+        serde_json::from_slice::<Value>(body)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
+    let mut h = Sha256::new();
+    for part in [
+        req.method().as_str(),
+        req.path(),
+        req.headers()
+            .get(header::IF_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        &canonical,
+    ] {
+        h.update(part.as_bytes());
+        h.update(b"\n");
+    }
+    Ok(Some(Idempotency {
+        key: String::from_utf8_lossy(key).into_owned(),
+        request_hash: hex::encode(h.finalize()),
+    }))
 }
 
 /// `If-Match` as RFC 9110 §13.1.1 reads it: `*` matches any current cart; otherwise a
@@ -156,6 +416,103 @@ fn both<A, B>(a: Result<A, FieldError>, b: Result<B, FieldError>) -> Result<(A, 
     }
 }
 
+/// Validates a whole offline batch before anything is applied: a malformed batch is
+/// refused as a whole (400), with one error per bad field, named like `ops[3].quantity`.
+fn parse_batch(
+    map: &JsonObject,
+    limits: &domain::Limits,
+) -> Result<(i64, Vec<OfflineOp>), Problem> {
+    let mut errors = Vec::new();
+    let base_version = match int_field(map, "base_version") {
+        Ok(v) if v >= 0 => v,
+        Ok(_) => {
+            errors.push(FieldError::new(
+                "base_version",
+                "must be an integer of at least 0",
+            ));
+            0
+        }
+        Err(e) => {
+            errors.push(e);
+            0
+        }
+    };
+    let mut ops = Vec::new();
+    match map.get("ops") {
+        Some(Value::Array(items)) if (1..=MAX_BATCH_OPS).contains(&items.len()) => {
+            for (i, item) in items.iter().enumerate() {
+                match parse_op(i, item, limits) {
+                    Ok(op) => ops.push(op),
+                    Err(mut e) => errors.append(&mut e),
+                }
+            }
+        }
+        Some(Value::Array(_)) => errors.push(FieldError::new(
+            "ops",
+            format!("must hold 1 to {MAX_BATCH_OPS} operations"),
+        )),
+        None | Some(Value::Null) => errors.push(FieldError::new("ops", "is required")),
+        Some(_) => errors.push(FieldError::new("ops", "must be an array of operations")),
+    }
+    if errors.is_empty() {
+        Ok((base_version, ops))
+    } else {
+        Err(Problem::from_field_errors(errors))
+    }
+}
+
+fn parse_op(i: usize, item: &Value, limits: &domain::Limits) -> Result<OfflineOp, Vec<FieldError>> {
+    let name = |f: &str| format!("ops[{i}].{f}");
+    let Value::Object(op) = item else {
+        return Err(vec![FieldError::new(
+            format!("ops[{i}]"),
+            "must be an object",
+        )]);
+    };
+    let mut errors: Vec<FieldError> = op
+        .keys()
+        .filter(|k| !["op_id", "type", "product_id", "quantity"].contains(&k.as_str()))
+        .map(|k| FieldError::new(name(k), "unknown field"))
+        .collect();
+    let rename = |e: FieldError| FieldError::new(name(&e.field), e.message);
+    let op_id = str_field(op, "op_id")
+        .and_then(|s| OpId::parse(s, "op_id"))
+        .map_err(rename);
+    let product = str_field(op, "product_id")
+        .and_then(|s| ProductId::parse(s, limits))
+        .map_err(rename);
+    let change = match str_field(op, "type").map_err(rename) {
+        Ok("add") => int_field(op, "quantity")
+            .and_then(Quantity::parse_add)
+            .map(OfflineChange::Add)
+            .map_err(rename),
+        Ok("set") => int_field(op, "quantity")
+            .and_then(Quantity::parse_set)
+            .map(OfflineChange::Set)
+            .map_err(rename),
+        Ok("remove") if op.contains_key("quantity") => Err(FieldError::new(
+            name("quantity"),
+            "a remove takes no quantity",
+        )),
+        Ok("remove") => Ok(OfflineChange::Remove),
+        Ok(_) => Err(FieldError::new(name("type"), "must be add, set or remove")),
+        Err(e) => Err(e),
+    };
+    match (op_id, product, change) {
+        (Ok(op_id), Ok(product_id), Ok(change)) if errors.is_empty() => Ok(OfflineOp {
+            op_id,
+            product_id,
+            change,
+        }),
+        (a, b, c) => {
+            errors.extend(a.err());
+            errors.extend(b.err());
+            errors.extend(c.err());
+            Err(errors)
+        }
+    }
+}
+
 /// The cart's representation, serialised once for both the response and the cache.
 pub fn snapshot(cart: &domain::Cart) -> Snapshot {
     Snapshot {
@@ -189,11 +546,14 @@ async fn resolve_token(
     if !domain::token::is_plausible_token(token) {
         return Err(Problem::not_found("no active cart for this token"));
     }
-    match st
-        .store
-        .find_by_token_hash(&domain::token::hash_token(token))
-        .await?
-    {
+    let found = within_deadline(&st, async {
+        Ok(st
+            .store
+            .find_by_token_hash(&domain::token::hash_token(token))
+            .await?)
+    })
+    .await?;
+    match found {
         Some(cart_id) => Ok(HttpResponse::Ok().json(json!({ "cart_id": cart_id.to_string() }))),
         None => Err(Problem::not_found("no active cart for this token")),
     }
@@ -221,5 +581,66 @@ mod tests {
         assert_eq!(pre("W/\"3\""), Precondition::Versions(vec![]));
         assert_eq!(pre("3"), Precondition::Versions(vec![]));
         assert!(!pre("garbage").allows(0));
+    }
+
+    fn keyed(key: &str) -> HttpRequest {
+        TestRequest::post()
+            .uri("/api/v1/cart/items")
+            .insert_header((IDEMPOTENCY_KEY_HEADER, key))
+            .to_http_request()
+    }
+
+    #[test]
+    fn idempotency_fingerprints_ignore_json_layout() {
+        let a = idempotency(&keyed("k1"), br#"{"product_id":"a","quantity":1}"#)
+            .unwrap()
+            .unwrap();
+        let b = idempotency(&keyed("k1"), br#"{ "quantity": 1, "product_id": "a" }"#)
+            .unwrap()
+            .unwrap();
+        let c = idempotency(&keyed("k1"), br#"{"product_id":"a","quantity":2}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.request_hash, b.request_hash);
+        assert_ne!(a.request_hash, c.request_hash);
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii() {
+        assert!(idempotency(&keyed(&"k".repeat(255)), b"").is_ok());
+        assert_eq!(
+            idempotency(&keyed(&"k".repeat(256)), b"")
+                .err()
+                .map(|p| p.status),
+            Some(400)
+        );
+        assert_eq!(
+            idempotency(&keyed("has space"), b"")
+                .err()
+                .map(|p| p.status),
+            Some(400)
+        );
+    }
+
+    #[test]
+    fn malformed_batches_name_each_bad_field() {
+        let map: JsonObject = serde_json::from_str(
+            r#"{"base_version":-1,"ops":[{"op_id":"a","type":"zap","product_id":"p"},
+                {"op_id":"b","type":"remove","product_id":"p","quantity":1},
+                {"op_id":"c","type":"add","product_id":"bad id","quantity":0,"x":1}]}"#,
+        )
+        .unwrap();
+        let p = parse_batch(&map, &domain::Limits::default()).unwrap_err();
+        let fields: Vec<&str> = p.errors.iter().map(|e| e.field.as_str()).collect();
+        for f in [
+            "base_version",
+            "ops[0].type",
+            "ops[1].quantity",
+            "ops[2].product_id",
+            "ops[2].quantity",
+            "ops[2].x",
+        ] {
+            assert!(fields.contains(&f), "{f} missing from {fields:?}");
+        }
     }
 }

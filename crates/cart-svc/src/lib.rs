@@ -33,6 +33,8 @@ pub struct AppState {
     pub limits: Limits,
     pub require_if_match_on_put: bool,
     pub max_body_bytes: usize,
+    /// The longest a request may wait on Postgres before it is answered 503.
+    pub db_deadline: std::time::Duration,
 }
 
 pub async fn migrate_only() -> anyhow::Result<()> {
@@ -66,6 +68,7 @@ pub async fn run() -> anyhow::Result<()> {
         limits: cfg.limits,
         require_if_match_on_put: cfg.require_if_match_on_put,
         max_body_bytes: cfg.max_body_bytes,
+        db_deadline: cfg.db_deadline,
     });
     let svc = Service {
         name: "cart-svc",

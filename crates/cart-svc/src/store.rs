@@ -6,11 +6,14 @@
 //! allowed line. The rules themselves live in `domain::Cart::apply`; this module loads
 //! the cart under the lock, applies the operation, and writes only its effect.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+
 use chrono::{DateTime, SubsecRound, Utc};
+use domain::offline::{BatchOutcome, OfflineOp, OpId, OpStatus};
 use domain::{
     Cart, CartError, CartId, CartLine, CartOp, Effect, Limits, Owner, ProductId, Quantity, UserId,
 };
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::caller::Caller;
@@ -22,6 +25,9 @@ pub enum StoreError {
     PreconditionFailed(Box<Cart>),
     #[error(transparent)]
     Limit(#[from] CartError),
+    /// Another request with the same idempotency key is still being processed.
+    #[error("a request with this idempotency key is in flight")]
+    KeyInFlight,
     /// The cart was merged into an account or closed; its guest session should be gone.
     #[error("the cart is no longer active")]
     NotActive,
@@ -70,13 +76,6 @@ impl Precondition {
     }
 }
 
-/// A committed (or no-op) change and the cart after it.
-#[derive(Debug)]
-pub struct Changed {
-    pub cart: Cart,
-    pub effect: Effect,
-}
-
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
@@ -94,6 +93,15 @@ struct CartRow {
 /// returns.
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
+}
+
+/// A request's first outcome, as stored for its Idempotency-Key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOutcome {
+    pub request_hash: String,
+    pub status: u16,
+    pub etag: Option<String>,
+    pub body: String,
 }
 
 impl Store {
@@ -145,17 +153,32 @@ impl Store {
         }
     }
 
-    /// Applies `op` to the caller's cart in one transaction. A no-op or a refused
-    /// change writes nothing (not even the cart row of a brand-new guest cart).
-    pub async fn change(
+    /// Opens the unit of work of one change: a transaction holding the cart's row lock,
+    /// with the cart loaded. With an idempotency key, first claims the key for the
+    /// duration of the transaction (a second request with it meanwhile gets
+    /// [`StoreError::KeyInFlight`] at once instead of waiting).
+    pub async fn begin(
         &self,
         caller: &Caller,
-        op: CartOp,
-        precondition: &Precondition,
-        limits: &Limits,
-    ) -> Result<Changed, StoreError> {
+        idempotency_key: Option<&str>,
+    ) -> Result<CartTx, StoreError> {
         let now = now();
         let mut tx = self.pool.begin().await?;
+        if let Some(key) = idempotency_key {
+            let scope = match caller {
+                Caller::Guest { cart_id, .. } => format!("cart:{cart_id}:{key}"),
+                Caller::User { user_id } => format!("user:{user_id}:{key}"),
+            };
+            let claimed = sqlx::query_scalar!(
+                r#"SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS "claimed!""#,
+                scope
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            if !claimed {
+                return Err(StoreError::KeyInFlight);
+            }
+        }
         let row = match caller {
             Caller::Guest {
                 cart_id,
@@ -163,24 +186,29 @@ impl Store {
             } => lock_guest_cart(&mut tx, *cart_id, token_hash.as_deref(), now).await?,
             Caller::User { user_id } => lock_user_cart(&mut tx, *user_id, now).await?,
         };
-        let mut cart = load_lines(&mut tx, row, caller).await?;
-        if !precondition.allows(cart.version) {
-            return Err(StoreError::PreconditionFailed(Box::new(cart)));
-        }
-        let effect = cart.apply(op, limits, now)?;
-        if !effect.changed() {
-            // Dropping the transaction rolls it back.
-            return Ok(Changed { cart, effect });
-        }
-        write_effect(&mut tx, &cart, &effect).await?;
-        sqlx::query!(
-            "UPDATE cart.carts SET version = $2, updated_at = $3 WHERE cart_id = $1",
-            cart.id.as_uuid(),
-            cart.version,
-            now
-        )
-        .execute(&mut *tx)
-        .await?;
+        let cart = load_lines(&mut tx, row, caller).await?;
+        Ok(CartTx {
+            tx,
+            cart,
+            now,
+            effects: Vec::new(),
+            decided_ops: Vec::new(),
+            remembered: false,
+        })
+    }
+
+    /// Applies one operation in its own unit of work, without idempotency.
+    pub async fn change(
+        &self,
+        caller: &Caller,
+        op: CartOp,
+        precondition: &Precondition,
+        limits: &Limits,
+    ) -> Result<Changed, StoreError> {
+        let mut tx = self.begin(caller, None).await?;
+        tx.check(precondition)?;
+        let effect = tx.apply(op, limits)?;
+        let cart = tx.cart.clone();
         tx.commit().await?;
         Ok(Changed { cart, effect })
     }
@@ -195,6 +223,177 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(id.map(CartId::from_uuid))
+    }
+}
+
+/// A change (or no-op) and the cart after it.
+#[derive(Debug)]
+pub struct Changed {
+    pub cart: Cart,
+    pub effect: Effect,
+}
+
+/// One change in progress: the cart under its row lock, the operations applied to it so
+/// far in memory, and what must be written. Nothing reaches Postgres before
+/// [`CartTx::commit`]; dropping it rolls everything back.
+pub struct CartTx {
+    tx: Transaction<'static, Postgres>,
+    pub cart: Cart,
+    now: DateTime<Utc>,
+    effects: Vec<(Effect, i64)>,
+    decided_ops: Vec<(OpId, OpStatus)>,
+    remembered: bool,
+}
+
+impl CartTx {
+    /// `If-Match`: the cart must be at one of the named versions.
+    pub fn check(&self, precondition: &Precondition) -> Result<(), StoreError> {
+        if precondition.allows(self.cart.version) {
+            Ok(())
+        } else {
+            Err(StoreError::PreconditionFailed(Box::new(self.cart.clone())))
+        }
+    }
+
+    pub fn apply(&mut self, op: CartOp, limits: &Limits) -> Result<Effect, StoreError> {
+        let effect = self.cart.apply(op, limits, self.now)?;
+        if effect.changed() {
+            self.effects.push((effect.clone(), self.cart.version));
+        }
+        Ok(effect)
+    }
+
+    /// Applies an offline batch (see `domain::offline`), reading which op ids the cart
+    /// has seen and when each touched line last changed.
+    pub async fn apply_offline(
+        &mut self,
+        base_version: i64,
+        ops: Vec<OfflineOp>,
+        limits: &Limits,
+    ) -> Result<BatchOutcome, StoreError> {
+        let cart_id = self.cart.id.as_uuid();
+        let op_ids: Vec<String> = ops.iter().map(|o| o.op_id.as_str().to_owned()).collect();
+        let products: Vec<String> = ops
+            .iter()
+            .map(|o| o.product_id.as_str().to_owned())
+            .collect();
+        let seen = sqlx::query_scalar!(
+            "SELECT op_id FROM cart.applied_ops WHERE cart_id = $1 AND op_id = ANY($2)",
+            cart_id,
+            &op_ids
+        )
+        .fetch_all(&mut *self.tx)
+        .await?
+        .into_iter()
+        .map(|id| OpId::parse(&id, "op_id").map_err(|_| StoreError::Corrupt("op_id")))
+        .collect::<Result<HashSet<_>, _>>()?;
+        let changed_at = sqlx::query!(
+            "SELECT product_id, changed_version FROM cart.line_changes
+             WHERE cart_id = $1 AND product_id = ANY($2)",
+            cart_id,
+            &products
+        )
+        .fetch_all(&mut *self.tx)
+        .await?
+        .into_iter()
+        .map(|r| {
+            ProductId::from_stored(&r.product_id)
+                .map(|p| (p, r.changed_version))
+                .ok_or(StoreError::Corrupt("product_id"))
+        })
+        .collect::<Result<HashMap<_, _>, _>>()?;
+        let outcome =
+            self.cart
+                .apply_offline(base_version, ops, &seen, &changed_at, limits, self.now);
+        self.effects.extend(outcome.effects.iter().cloned());
+        self.decided_ops
+            .extend(outcome.decided().map(|r| (r.op_id.clone(), r.status)));
+        Ok(outcome)
+    }
+
+    /// The outcome stored for this key on this cart, if any.
+    pub async fn stored_outcome(&mut self, key: &str) -> Result<Option<StoredOutcome>, StoreError> {
+        let row = sqlx::query!(
+            "SELECT request_hash, response_status, response_etag, response_body
+             FROM cart.idempotency_keys WHERE cart_id = $1 AND idempotency_key = $2",
+            self.cart.id.as_uuid(),
+            key
+        )
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(row.map(|r| StoredOutcome {
+            request_hash: r.request_hash,
+            status: u16::try_from(r.response_status).unwrap_or(500),
+            etag: r.response_etag,
+            body: r.response_body,
+        }))
+    }
+
+    /// Stores this request's outcome for its key, in this transaction.
+    pub async fn remember(&mut self, key: &str, outcome: &StoredOutcome) -> Result<(), StoreError> {
+        sqlx::query!(
+            "INSERT INTO cart.idempotency_keys
+               (cart_id, idempotency_key, request_hash, response_status, response_etag, response_body, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            self.cart.id.as_uuid(),
+            key,
+            outcome.request_hash,
+            i16::try_from(outcome.status).unwrap_or(500),
+            outcome.etag,
+            outcome.body,
+            self.now
+        )
+        .execute(&mut *self.tx)
+        .await?;
+        self.remembered = true;
+        Ok(())
+    }
+
+    /// True when committing changes the cart.
+    pub fn changes_cart(&self) -> bool {
+        !self.effects.is_empty()
+    }
+
+    /// Writes the net effect of everything applied (each touched line's final state,
+    /// its change version, the cart's version), the decided op ids and the remembered
+    /// outcome, atomically. With nothing to write it rolls back instead, so a no-op or a
+    /// refused change leaves no trace (not even a new guest cart's row).
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        if self.effects.is_empty() && self.decided_ops.is_empty() && !self.remembered {
+            return Ok(());
+        }
+        let cart_id = self.cart.id.as_uuid();
+        if !self.effects.is_empty() {
+            write_lines(&mut self.tx, &self.cart, &self.effects).await?;
+            sqlx::query!(
+                "UPDATE cart.carts SET version = $2, updated_at = $3 WHERE cart_id = $1",
+                cart_id,
+                self.cart.version,
+                self.now
+            )
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        if !self.decided_ops.is_empty() {
+            let (ids, statuses): (Vec<String>, Vec<String>) = self
+                .decided_ops
+                .iter()
+                .map(|(id, st)| (id.as_str().to_owned(), st.as_str().to_owned()))
+                .unzip();
+            sqlx::query!(
+                "INSERT INTO cart.applied_ops (cart_id, op_id, status, applied_at)
+                 SELECT $1, u.op_id, u.status, $4
+                 FROM UNNEST($2::text[], $3::text[]) AS u(op_id, status)",
+                cart_id,
+                &ids,
+                &statuses,
+                self.now
+            )
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -301,49 +500,92 @@ async fn load_lines(
     })
 }
 
-async fn write_effect(
+/// Writes each touched line's final state (upserted if the cart holds it, deleted if
+/// not) and the version at which it last changed: at most three statements, whatever
+/// the number of operations applied.
+async fn write_lines(
     conn: &mut PgConnection,
     cart: &Cart,
-    effect: &Effect,
+    effects: &[(Effect, i64)],
 ) -> Result<(), StoreError> {
-    let cart_id = cart.id.as_uuid();
-    match effect {
-        Effect::Unchanged => {}
-        Effect::Upsert(product_id) => {
-            let line = cart
-                .line(product_id)
-                .ok_or(StoreError::Corrupt("upserted line missing"))?;
-            let quantity =
-                i32::try_from(line.quantity.get()).map_err(|_| StoreError::Corrupt("quantity"))?;
-            sqlx::query!(
-                "INSERT INTO cart.cart_items (cart_item_id, cart_id, product_id, quantity, added_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (cart_id, product_id)
-                 DO UPDATE SET quantity = EXCLUDED.quantity, updated_at = EXCLUDED.updated_at",
-                Uuid::now_v7(),
-                cart_id,
-                product_id.as_str(),
-                quantity,
-                line.added_at,
-                line.updated_at
-            )
-            .execute(&mut *conn)
-            .await?;
-        }
-        Effect::Removed(product_id) => {
-            sqlx::query!(
-                "DELETE FROM cart.cart_items WHERE cart_id = $1 AND product_id = $2",
-                cart_id,
-                product_id.as_str()
-            )
-            .execute(&mut *conn)
-            .await?;
-        }
-        Effect::Cleared => {
-            sqlx::query!("DELETE FROM cart.cart_items WHERE cart_id = $1", cart_id)
-                .execute(&mut *conn)
-                .await?;
+    let mut touched: BTreeMap<&ProductId, i64> = BTreeMap::new();
+    for (effect, version) in effects {
+        match effect {
+            Effect::Upsert(p) | Effect::Removed(p) => {
+                touched.insert(p, *version);
+            }
+            Effect::Cleared(ps) => touched.extend(ps.iter().map(|p| (p, *version))),
+            Effect::Unchanged => {}
         }
     }
+    let cart_id = cart.id.as_uuid();
+    let mut rows = LineRows::default();
+    let mut removed: Vec<String> = Vec::new();
+    for product in touched.keys() {
+        match cart.line(product) {
+            Some(line) => {
+                rows.ids.push(Uuid::now_v7());
+                rows.products.push(product.as_str().to_owned());
+                rows.quantities.push(
+                    i32::try_from(line.quantity.get())
+                        .map_err(|_| StoreError::Corrupt("quantity"))?,
+                );
+                rows.added.push(line.added_at);
+                rows.updated.push(line.updated_at);
+            }
+            None => removed.push(product.as_str().to_owned()),
+        }
+    }
+    if !rows.products.is_empty() {
+        sqlx::query!(
+            "INSERT INTO cart.cart_items (cart_item_id, cart_id, product_id, quantity, added_at, updated_at)
+             SELECT u.id, $1, u.product_id, u.quantity, u.added_at, u.updated_at
+             FROM UNNEST($2::uuid[], $3::text[], $4::int4[], $5::timestamptz[], $6::timestamptz[])
+                  AS u(id, product_id, quantity, added_at, updated_at)
+             ON CONFLICT (cart_id, product_id)
+             DO UPDATE SET quantity = EXCLUDED.quantity, updated_at = EXCLUDED.updated_at",
+            cart_id,
+            &rows.ids,
+            &rows.products,
+            &rows.quantities,
+            &rows.added,
+            &rows.updated
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !removed.is_empty() {
+        sqlx::query!(
+            "DELETE FROM cart.cart_items WHERE cart_id = $1 AND product_id = ANY($2)",
+            cart_id,
+            &removed
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    let (names, versions): (Vec<String>, Vec<i64>) = touched
+        .iter()
+        .map(|(p, v)| (p.as_str().to_owned(), *v))
+        .unzip();
+    sqlx::query!(
+        "INSERT INTO cart.line_changes (cart_id, product_id, changed_version)
+         SELECT $1, u.product_id, u.version FROM UNNEST($2::text[], $3::int8[]) AS u(product_id, version)
+         ON CONFLICT (cart_id, product_id) DO UPDATE SET changed_version = EXCLUDED.changed_version",
+        cart_id,
+        &names,
+        &versions
+    )
+    .execute(&mut *conn)
+    .await?;
     Ok(())
+}
+
+/// Column arrays for one multi-row upsert of lines.
+#[derive(Default)]
+struct LineRows {
+    ids: Vec<Uuid>,
+    products: Vec<String>,
+    quantities: Vec<i32>,
+    added: Vec<DateTime<Utc>>,
+    updated: Vec<DateTime<Utc>>,
 }

@@ -374,6 +374,7 @@ fn app_state(pool: PgPool, cache: Cache) -> web::Data<AppState> {
         limits: Limits::default(),
         require_if_match_on_put: false,
         max_body_bytes: 16 * 1024,
+        db_deadline: Duration::from_secs(1),
     })
 }
 

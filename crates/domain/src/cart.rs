@@ -53,8 +53,8 @@ pub enum Effect {
     Upsert(ProductId),
     /// The line is gone.
     Removed(ProductId),
-    /// Every line is gone.
-    Cleared,
+    /// Every line is gone: these were the lines.
+    Cleared(Vec<ProductId>),
 }
 
 impl Effect {
@@ -195,8 +195,7 @@ impl Cart {
         if self.lines.is_empty() {
             Effect::Unchanged
         } else {
-            self.lines.clear();
-            Effect::Cleared
+            Effect::Cleared(self.lines.drain(..).map(|l| l.product_id).collect())
         }
     }
 }
@@ -365,7 +364,7 @@ mod tests {
         assert_eq!(e, Effect::Removed(pid("a")));
         assert_eq!(
             c.apply(CartOp::Clear, &limits(), at(3)).unwrap(),
-            Effect::Cleared
+            Effect::Cleared(vec![pid("b")])
         );
         assert_eq!(c.line_count(), 0);
         assert_eq!(c.version, 4);

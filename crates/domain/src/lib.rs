@@ -10,6 +10,7 @@ pub mod cart;
 pub mod identity;
 pub mod ids;
 pub mod limits;
+pub mod offline;
 pub mod product;
 pub mod quantity;
 pub mod token;

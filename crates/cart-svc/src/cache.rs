@@ -8,20 +8,24 @@
 //! reads its own writes.
 //!
 //! Redis is optional for correctness. Every call has a short deadline, errors fall back
-//! to Postgres, and a cart whose snapshot could not be refreshed after a commit is
-//! remembered as *suspect*: its reads bypass the cache until a later write or delete of
-//! its entry succeeds, so a Redis hiccup cannot serve a stale cart to the client that
-//! just changed it.
+//! to Postgres, and a circuit breaker stops calling a failing Redis for a cooldown (one
+//! log line and a gauge change per transition), then lets one probe through. A cart
+//! whose snapshot could not be refreshed after a commit (Redis failing, or the breaker
+//! open) is remembered as *suspect*: its reads bypass the cache until its entry has been
+//! deleted or rewritten, so a Redis outage cannot serve a stale cart to the client that
+//! changed it. (The suspect set is per process: another replica may still read an entry
+//! it did not know was stale until the entry's TTL ends. Keep `CART_CACHE_TTL_SECS`
+//! short when replicas are many and Redis partitions are likely.)
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
 use deadpool_redis::redis::{self, Script};
 use deadpool_redis::Pool;
 use domain::CartId;
-use prometheus::{IntCounterVec, Opts};
+use prometheus::{IntCounterVec, IntGauge, Opts};
 use svc_kit::metrics::Metrics;
 
 const PUT_IF_NEWER: &str = r"
@@ -52,7 +56,22 @@ pub struct Cache {
     timeout: Duration,
     put: Arc<Script>,
     suspect: Arc<Mutex<HashSet<CartId>>>,
+    breaker: Arc<Mutex<Breaker>>,
+    cooldown: Duration,
     results: IntCounterVec,
+    breaker_open: IntGauge,
+}
+
+/// Consecutive failures that open the breaker.
+const FAILURES_TO_OPEN: u32 = 2;
+
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    /// While set and in the future, Redis is not called at all.
+    open_until: Option<Instant>,
+    /// After the cooldown, one call is let through to probe Redis.
+    probing: bool,
 }
 
 impl Cache {
@@ -61,6 +80,7 @@ impl Cache {
         prefix: String,
         ttl_secs: u64,
         timeout: Duration,
+        cooldown: Duration,
         metrics: &Metrics,
     ) -> Self {
         let results = metrics.register(
@@ -73,6 +93,13 @@ impl Cache {
             )
             .expect("static metric definition is valid"),
         );
+        let breaker_open = metrics.register(
+            &IntGauge::new(
+                "cart_cache_breaker_open",
+                "1 while the cart cache's circuit breaker keeps Redis out of the request path.",
+            )
+            .expect("static metric definition is valid"),
+        );
         Self {
             pool,
             prefix,
@@ -80,7 +107,56 @@ impl Cache {
             timeout,
             put: Arc::new(Script::new(PUT_IF_NEWER)),
             suspect: Arc::new(Mutex::new(HashSet::new())),
+            breaker: Arc::new(Mutex::new(Breaker::default())),
+            cooldown,
             results,
+            breaker_open,
+        }
+    }
+
+    /// Whether Redis may be called now.
+    fn allow(&self) -> bool {
+        let Ok(mut b) = self.breaker.lock() else {
+            return false;
+        };
+        match b.open_until {
+            None => true,
+            Some(until) if Instant::now() < until => false,
+            Some(_) if b.probing => false,
+            Some(_) => {
+                b.probing = true;
+                true
+            }
+        }
+    }
+
+    fn succeeded(&self) {
+        let Ok(mut b) = self.breaker.lock() else {
+            return;
+        };
+        if b.open_until.is_some() {
+            tracing::info!("redis answers again: cart cache back in use");
+            self.breaker_open.set(0);
+        }
+        *b = Breaker::default();
+    }
+
+    fn failed(&self, error: &str) {
+        let Ok(mut b) = self.breaker.lock() else {
+            return;
+        };
+        b.failures += 1;
+        if b.probing || b.failures >= FAILURES_TO_OPEN {
+            if b.open_until.is_none() {
+                tracing::warn!(
+                    %error,
+                    cooldown_ms = self.cooldown.as_millis() as u64,
+                    "redis failing: cart cache bypassed, carts served from Postgres"
+                );
+                self.breaker_open.set(1);
+            }
+            b.open_until = Some(Instant::now() + self.cooldown);
+            b.probing = false;
         }
     }
 
@@ -121,15 +197,34 @@ impl Cache {
                 .await
                 .map_err(|e| e.to_string())
         };
-        tokio::time::timeout(self.timeout, work)
+        self.guarded(work).await
+    }
+
+    /// Runs one bounded Redis call through the breaker.
+    async fn guarded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        if !self.allow() {
+            return Err("circuit open".to_owned());
+        }
+        let result = tokio::time::timeout(self.timeout, work)
             .await
-            .unwrap_or_else(|_| Err("timed out".to_owned()))
+            .unwrap_or_else(|_| Err("timed out".to_owned()));
+        match &result {
+            Ok(_) => self.succeeded(),
+            Err(e) => self.failed(e),
+        }
+        result
     }
 
     /// The cached cart, if present and trustworthy. Any failure is a miss.
     pub async fn get(&self, cart_id: CartId) -> Option<Snapshot> {
         if self.is_suspect(cart_id) {
+            // Its entry may be older than Postgres: delete it (which clears the mark) and
+            // read Postgres this time.
             self.count("get", "bypass");
+            self.delete(cart_id).await;
             return None;
         }
         let key = self.key(cart_id);
@@ -173,9 +268,7 @@ impl Cache {
                 .await
                 .map_err(|e| e.to_string())
         };
-        let result = tokio::time::timeout(self.timeout, work)
-            .await
-            .unwrap_or_else(|_| Err("timed out".to_owned()));
+        let result = self.guarded(work).await;
         match result {
             Ok(stored) => {
                 self.count("put", if stored == 1 { "stored" } else { "stale" });

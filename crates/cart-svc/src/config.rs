@@ -15,6 +15,8 @@ pub struct Config {
     pub run_migrations: bool,
     /// How long a cached cart snapshot lives in Redis.
     pub cache_ttl_secs: u64,
+    /// How long the cache's breaker keeps a failing Redis out of the request path.
+    pub cache_breaker_cooldown: std::time::Duration,
     /// The longest a request may wait on Postgres (acquiring a connection included)
     /// before it is answered 503: a stalled database must not hang clients.
     pub db_deadline: std::time::Duration,
@@ -45,6 +47,7 @@ impl Config {
             max_body_bytes: e.int_in("MAX_BODY_BYTES", 16 * 1024, 1024..=1024 * 1024),
             run_migrations: e.bool("RUN_MIGRATIONS", true),
             cache_ttl_secs: e.int_in("CART_CACHE_TTL_SECS", 3600, 1..=30 * 24 * 3600),
+            cache_breaker_cooldown: e.millis("CART_CACHE_BREAKER_COOLDOWN_MS", 2000, 100..=600_000),
             db_deadline: e.millis("CART_DB_DEADLINE_MS", 1000, 50..=60_000),
         };
         env.finish()?;

@@ -60,6 +60,7 @@ pub async fn run() -> anyhow::Result<()> {
         cfg.redis.key_prefix.clone(),
         cfg.cache_ttl_secs,
         cfg.redis.timeout,
+        cfg.cache_breaker_cooldown,
         &metrics,
     );
     let state = web::Data::new(AppState {

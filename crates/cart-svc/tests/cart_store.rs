@@ -63,6 +63,7 @@ fn cache(redis_url: &str) -> Cache {
         settings.key_prefix.clone(),
         60,
         settings.timeout,
+        Duration::from_millis(200),
         &Metrics::new("cart-svc-test"),
     )
 }
@@ -489,4 +490,42 @@ async fn requests_without_the_internal_credential_are_refused(pool: PgPool) {
         res.headers().get("content-type").unwrap(),
         "application/problem+json"
     );
+}
+
+#[tokio::test]
+async fn a_failing_redis_is_taken_out_of_the_path_by_the_breaker() {
+    let metrics = Metrics::new("cart-svc-test");
+    let settings = RedisSettings {
+        // A port nothing listens on.
+        url: Secret::new("redis://127.0.0.1:1"),
+        pool_size: 2,
+        timeout: Duration::from_millis(300),
+        key_prefix: "t:".to_owned(),
+    };
+    let cache = Cache::new(
+        settings.pool().unwrap(),
+        settings.key_prefix.clone(),
+        60,
+        settings.timeout,
+        Duration::from_secs(30),
+        &metrics,
+    );
+    let id = CartId::new();
+    for _ in 0..2 {
+        assert!(cache.get(id).await.is_none());
+    }
+    assert!(metrics.render().contains("cart_cache_breaker_open 1"));
+    // Open: calls return at once without touching Redis.
+    let started = std::time::Instant::now();
+    for _ in 0..100 {
+        assert!(cache.get(id).await.is_none());
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(metrics
+        .render()
+        .contains(r#"cart_cache_requests_total{op="get",result="error"} 102"#));
 }

@@ -250,7 +250,7 @@ async fn mutate(
 ) -> Result<HttpResponse, Problem> {
     let idem = idempotency(req, body)?;
     let precondition = precondition(req);
-    within_deadline(st, async {
+    let committed = within_deadline(st, async {
         let mut tx = st
             .store
             .begin(&caller, idem.as_ref().map(|i| i.key.as_str()))
@@ -260,7 +260,7 @@ async fn mutate(
                 if stored.request_hash != i.request_hash {
                     return Err(key_reused());
                 }
-                return Ok(replay(stored));
+                return Ok(Committed::Replay(stored));
             }
         }
         let rendered = match tx.check(&precondition) {
@@ -291,15 +291,36 @@ async fn mutate(
         let changed = tx.changes_cart();
         let cart_id = tx.cart.id;
         tx.commit().await?;
-        if changed {
-            if let Some(s) = &rendered.snapshot {
+        Ok(Committed::Fresh {
+            rendered,
+            changed_cart: changed.then_some(cart_id),
+        })
+    })
+    .await?;
+    // Outside the deadline: once committed, the change is acknowledged whatever the
+    // cache does.
+    match committed {
+        Committed::Replay(stored) => Ok(replay(stored)),
+        Committed::Fresh {
+            rendered,
+            changed_cart,
+        } => {
+            if let (Some(cart_id), Some(s)) = (changed_cart, &rendered.snapshot) {
                 // Before answering, so this client's next read sees at least this version.
                 st.cache.put(cart_id, s, true).await;
             }
+            Ok(rendered.into_response(false))
         }
-        Ok(rendered.into_response(false))
-    })
-    .await
+    }
+}
+
+/// How a mutation's unit of work ended.
+enum Committed {
+    Replay(StoredOutcome),
+    Fresh {
+        rendered: Rendered,
+        changed_cart: Option<domain::CartId>,
+    },
 }
 
 fn replay(stored: StoredOutcome) -> HttpResponse {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use svc_kit::config::{Common, ConfigError, Env};
-use svc_kit::datastores::{pg_ping, PgSettings};
+use svc_kit::datastores::PgSettings;
 use svc_kit::metrics::Metrics;
 use svc_kit::ops::{Check, Readiness};
 use svc_kit::server::{serve, Service};
@@ -43,11 +43,7 @@ pub async fn run() -> anyhow::Result<()> {
         cfg.pg.migrate("auth", &MIGRATOR).await?;
     }
     let pool = cfg.pg.pool()?;
-    let ping_pool = pool.clone();
-    let readiness = Readiness::new(vec![Check::new("postgres", move || {
-        let p = ping_pool.clone();
-        async move { pg_ping(&p).await }
-    })]);
+    let readiness = Readiness::new(vec![Check::postgres(pool.clone())]);
     let svc = Service {
         name: "auth-svc",
         common: cfg.common.clone(),

@@ -12,11 +12,5 @@ async fn main() -> std::process::ExitCode {
             "unknown command {other:?}; expected `serve` or `migrate`"
         )),
     };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "auth-svc failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    svc_kit::server::exit_code("auth-svc", result)
 }

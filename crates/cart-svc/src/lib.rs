@@ -15,7 +15,6 @@ use std::sync::Arc;
 use actix_web::web;
 use domain::Limits;
 use svc_kit::config::Env;
-use svc_kit::datastores::pg_ping;
 use svc_kit::metrics::Metrics;
 use svc_kit::ops::{Check, Readiness};
 use svc_kit::server::{serve, Service};
@@ -49,11 +48,7 @@ pub async fn run() -> anyhow::Result<()> {
     }
     let pool = cfg.pg.pool()?;
     let metrics = Metrics::new("cart-svc");
-    let ping_pool = pool.clone();
-    let readiness = Readiness::new(vec![Check::new("postgres", move || {
-        let p = ping_pool.clone();
-        async move { pg_ping(&p).await }
-    })]);
+    let readiness = Readiness::new(vec![Check::postgres(pool.clone())]);
     // Redis is not a readiness check: carts are served from Postgres while it is down.
     let cache = Cache::new(
         cfg.redis.pool()?,

@@ -14,11 +14,5 @@ async fn main() -> std::process::ExitCode {
             "unknown command {other:?}; expected `serve` or `migrate`"
         )),
     };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "cart-svc failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    svc_kit::server::exit_code("cart-svc", result)
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use svc_kit::config::{Common, ConfigError, Env};
-use svc_kit::datastores::{pg_ping, redis_ping, PgSettings, RedisSettings};
+use svc_kit::datastores::{PgSettings, RedisSettings};
 use svc_kit::metrics::Metrics;
 use svc_kit::ops::{Check, Readiness};
 use svc_kit::server::{serve, Service};
@@ -34,16 +34,9 @@ pub async fn run() -> anyhow::Result<()> {
     let cfg = Config::read(Env::from_process())?;
     let pg = cfg.pg.pool()?;
     let redis = cfg.redis.pool()?;
-    let (pg_probe, redis_probe) = (pg.clone(), redis.clone());
     let readiness = Readiness::new(vec![
-        Check::new("postgres", move || {
-            let p = pg_probe.clone();
-            async move { pg_ping(&p).await }
-        }),
-        Check::new("redis", move || {
-            let r = redis_probe.clone();
-            async move { redis_ping(&r).await }
-        }),
+        Check::postgres(pg.clone()),
+        Check::redis(redis.clone()),
     ]);
     let svc = Service {
         name: "cleanup-worker",

@@ -4,11 +4,5 @@
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     svc_kit::telemetry::init_logs("cleanup-worker");
-    match cleanup_worker::run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "cleanup-worker failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    svc_kit::server::exit_code("cleanup-worker", cleanup_worker::run().await)
 }

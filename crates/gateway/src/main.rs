@@ -4,11 +4,5 @@
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     svc_kit::telemetry::init_logs("gateway");
-    match gateway::run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "gateway failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    svc_kit::server::exit_code("gateway", gateway::run().await)
 }

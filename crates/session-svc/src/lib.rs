@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use actix_web::web;
 use svc_kit::config::Env;
-use svc_kit::datastores::redis_ping;
 use svc_kit::metrics::Metrics;
 use svc_kit::ops::{Check, Readiness};
 use svc_kit::server::{serve, Service};
@@ -30,11 +29,7 @@ pub async fn run() -> anyhow::Result<()> {
     let cfg = Config::read(Env::from_process())?;
     let pool = cfg.redis.pool()?;
     let metrics = Metrics::new("session-svc");
-    let ping_pool = pool.clone();
-    let readiness = Readiness::new(vec![Check::new("redis", move || {
-        let p = ping_pool.clone();
-        async move { redis_ping(&p).await }
-    })]);
+    let readiness = Readiness::new(vec![Check::redis(pool.clone())]);
     let state = web::Data::new(AppState {
         store: Store::new(
             pool,

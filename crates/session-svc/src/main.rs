@@ -3,11 +3,5 @@
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     svc_kit::telemetry::init_logs("session-svc");
-    match session_svc::run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "session-svc failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    svc_kit::server::exit_code("session-svc", session_svc::run().await)
 }

@@ -32,6 +32,24 @@ impl Check {
     }
 }
 
+impl Check {
+    /// Postgres answers `SELECT 1`.
+    pub fn postgres(pool: sqlx::PgPool) -> Self {
+        Self::new("postgres", move || {
+            let p = pool.clone();
+            async move { crate::datastores::pg_ping(&p).await }
+        })
+    }
+
+    /// Redis answers `PING`.
+    pub fn redis(pool: deadpool_redis::Pool) -> Self {
+        Self::new("redis", move || {
+            let p = pool.clone();
+            async move { crate::datastores::redis_ping(&p).await }
+        })
+    }
+}
+
 /// Whether this process should receive traffic: its checks pass and it is not
 /// shutting down.
 pub struct Readiness {

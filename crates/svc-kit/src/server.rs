@@ -97,3 +97,15 @@ pub async fn wait_for_stop_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// The process exit code for a service's result, logging the failure (with its whole
+/// cause chain) as the last line.
+pub fn exit_code(service: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(service, error = format!("{e:#}"), "failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

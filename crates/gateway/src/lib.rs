@@ -1,9 +1,11 @@
 //! gateway: the public API surface (API.md). Routing, authentication at the edge, request
 //! ids, CSRF protection, and forwarding with the caller's identity; it never touches a
-//! datastore. Start reading at `routes.rs`.
+//! datastore. Start reading at `routes.rs`; `openapi.rs` builds the OpenAPI document
+//! (`/openapi.json`, `/docs`) from the handlers' annotations.
 
 pub mod caller;
 pub mod config;
+pub mod openapi;
 pub mod routes;
 pub mod upstream;
 

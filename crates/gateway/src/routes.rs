@@ -14,6 +14,7 @@ use svc_kit::observe::RequestId;
 use svc_kit::Problem;
 
 use crate::caller::{self, Credential, CART_TOKEN_COOKIE, SESSION_COOKIE};
+use crate::openapi as api;
 use crate::upstream;
 use crate::AppState;
 
@@ -24,15 +25,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         // Each cart route is its own resource so metrics carry the route template.
         .service(
             web::resource("/api/v1/cart")
-                .route(web::get().to(proxy_cart))
-                .route(web::delete().to(proxy_cart)),
+                .route(web::get().to(get_cart))
+                .route(web::delete().to(clear_cart)),
         )
-        .service(web::resource("/api/v1/cart/items").route(web::post().to(proxy_cart)))
+        .service(web::resource("/api/v1/cart/items").route(web::post().to(add_item)))
+        .service(web::resource("/api/v1/cart/ops").route(web::post().to(sync_ops)))
         .service(
             web::resource("/api/v1/cart/items/{product_id}")
-                .route(web::put().to(proxy_cart))
-                .route(web::delete().to(proxy_cart)),
-        );
+                .route(web::put().to(set_item))
+                .route(web::delete().to(remove_item)),
+        )
+        .configure(api::routes);
 }
 
 fn request_id(req: &HttpRequest) -> Option<String> {
@@ -57,9 +60,29 @@ struct CreatedSession {
     idle_timeout_seconds: u64,
 }
 
-/// `POST /api/v1/sessions`: a guest session on a new cart, or on the cart its
-/// `cart_token` recovers.
-async fn start_session(
+/// Start a guest session
+///
+/// A guest session on a new, empty cart, or on the earlier guest cart that `cart_token`
+/// recovers. The body is optional. Also sets the `cart_session` and `cart_token` cookies.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions",
+    tag = "sessions",
+    // A `ref` keeps the body optional without making `null` a valid body.
+    request_body(content = ref("#/components/schemas/StartSessionRequest"), content_type = "application/json"),
+    responses(
+        (status = 201, description = "The session, and its cart.", body = api::Session, headers(
+            ("Set-Cookie" = String, description = "`cart_session=<session_token>` (HttpOnly, SameSite=Lax, Path=/, Secure when configured; a session cookie) and `cart_token=<cart_token>` (same flags, Max-Age as long as guest carts are kept: 14 days by default)."),
+            ("Cache-Control"),
+        )),
+        (status = 400, response = api::BadRequest),
+        (status = 413, response = api::PayloadTooLarge),
+        (status = 415, response = api::UnsupportedMediaType),
+        (status = 500, response = api::InternalError),
+        api::BackendErrors,
+    ),
+)]
+pub(crate) async fn start_session(
     req: HttpRequest,
     payload: web::Payload,
     st: web::Data<AppState>,
@@ -158,8 +181,25 @@ async fn resolve_cart_token(
     }
 }
 
-/// `GET /api/v1/session`.
-async fn who_am_i(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+/// Who am I
+///
+/// The caller's session. Like every authenticated request, it slides the session's
+/// idle timeout.
+#[utoipa::path(
+    get,
+    path = "/api/v1/session",
+    tag = "sessions",
+    security(("session_token" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "The session.", body = api::WhoAmI, headers(("Cache-Control"))),
+        (status = 401, response = api::Unauthorized),
+        api::BackendErrors,
+    ),
+)]
+pub(crate) async fn who_am_i(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let cred = caller::credential(&req)?;
     let id = caller::resolve(&st.sessions, &cred, request_id(&req).as_deref()).await?;
     Ok(HttpResponse::Ok()
@@ -173,8 +213,29 @@ async fn who_am_i(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
         })))
 }
 
-/// `DELETE /api/v1/session`: ends the session; the cart stays.
-async fn end_session(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+/// End this session
+///
+/// Ends the session (its token stops working at once) and clears the `cart_session`
+/// cookie. The cart stays: its `cart_token` recovers it.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/session",
+    tag = "sessions",
+    security(("session_token" = []), ("session_cookie" = [])),
+    responses(
+        (status = 204, description = "Ended.", headers(
+            ("Set-Cookie" = String, description = "`cart_session` cleared (empty, expired)."),
+        )),
+        (status = 401, response = api::Unauthorized),
+        (status = 403, response = api::Forbidden),
+        (status = 500, response = api::InternalError),
+        api::BackendErrors,
+    ),
+)]
+pub(crate) async fn end_session(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let cred = caller::credential(&req)?;
     caller::check_csrf(&req, &cred, &st.cfg.allowed_origins)?;
     let res = st
@@ -242,6 +303,150 @@ fn relayable(name: &HeaderName) -> bool {
             | "upgrade"
             | "content-length"
     )
+}
+
+/// The caller's cart
+///
+/// An empty cart if nothing was written yet.
+#[utoipa::path(
+    get,
+    path = "/api/v1/cart",
+    tag = "cart",
+    security(("session_token" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, response = api::CartOk),
+        (status = 401, response = api::Unauthorized),
+        (status = 413, response = api::PayloadTooLarge),
+        (status = 500, response = api::InternalError),
+        api::BackendErrors,
+    ),
+)]
+pub(crate) async fn get_cart(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    proxy_cart(req, payload, st).await
+}
+
+/// Empty the cart
+#[utoipa::path(
+    delete,
+    path = "/api/v1/cart",
+    tag = "cart",
+    security(("session_token" = []), ("session_cookie" = [])),
+    params(api::MutationHeaders),
+    responses(
+        (status = 200, response = api::CartChanged),
+        api::CartMutationErrors,
+    ),
+)]
+pub(crate) async fn clear_cart(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    proxy_cart(req, payload, st).await
+}
+
+/// Add to a line
+///
+/// Adds `quantity` to the line of `product_id`, creating the line if absent. Without
+/// `If-Match` it applies to the latest version: two concurrent adds are both applied.
+#[utoipa::path(
+    post,
+    path = "/api/v1/cart/items",
+    tag = "cart",
+    security(("session_token" = []), ("session_cookie" = [])),
+    params(api::MutationHeaders),
+    request_body = api::AddItemRequest,
+    responses(
+        (status = 200, response = api::CartChanged),
+        api::CartMutationErrors,
+        (status = 415, response = api::UnsupportedMediaType),
+    ),
+)]
+pub(crate) async fn add_item(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    proxy_cart(req, payload, st).await
+}
+
+/// Set a line's quantity
+///
+/// Sets the quantity of the line of `product_id`, creating it if absent; 0 removes it.
+/// A deployment may require `If-Match` here (then its absence → 428).
+#[utoipa::path(
+    put,
+    path = "/api/v1/cart/items/{product_id}",
+    tag = "cart",
+    security(("session_token" = []), ("session_cookie" = [])),
+    params(("product_id" = api::ProductId, Path, description = "The line's product."), api::MutationHeaders),
+    request_body = api::SetItemRequest,
+    responses(
+        (status = 200, response = api::CartChanged),
+        api::CartMutationErrors,
+        (status = 415, response = api::UnsupportedMediaType),
+        (status = 428, response = api::PreconditionRequired),
+    ),
+)]
+pub(crate) async fn set_item(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    proxy_cart(req, payload, st).await
+}
+
+/// Remove a line
+///
+/// Removing an absent line is a 200 no-op (the version does not change).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/cart/items/{product_id}",
+    tag = "cart",
+    security(("session_token" = []), ("session_cookie" = [])),
+    params(("product_id" = api::ProductId, Path, description = "The line's product."), api::MutationHeaders),
+    responses(
+        (status = 200, response = api::CartChanged),
+        api::CartMutationErrors,
+    ),
+)]
+pub(crate) async fn remove_item(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    proxy_cart(req, payload, st).await
+}
+
+/// Offline sync
+///
+/// Applies a batch of changes queued while offline, in order, in one transaction. Each
+/// `op_id` takes effect at most once ever for this cart, so replaying a batch (whole or
+/// in part) changes nothing. A malformed batch (unknown op type, bad or unknown field,
+/// no ops or more than 100) → 400, nothing applied.
+#[utoipa::path(
+    post,
+    path = "/api/v1/cart/ops",
+    tag = "cart",
+    security(("session_token" = []), ("session_cookie" = [])),
+    params(api::MutationHeaders),
+    request_body = api::OpsRequest,
+    responses(
+        (status = 200, response = api::OpsOk),
+        api::CartMutationErrors,
+        (status = 415, response = api::UnsupportedMediaType),
+    ),
+)]
+pub(crate) async fn sync_ops(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    proxy_cart(req, payload, st).await
 }
 
 /// Every cart route: authenticate, then forward to cart-svc with the caller's identity.

@@ -90,11 +90,10 @@ step_clippy() {
 }
 
 step_datastores() {
-    local need=()
-    [[ -n ${DATABASE_URL:-} ]] || need+=(postgres)
-    [[ -n ${REDIS_URL:-} ]] || need+=(redis)
-    if ((${#need[@]} > 0)); then
-        ds_ensure_packages "${need[@]}"
+    # The servers are needed even with DATABASE_URL / REDIS_URL given: the fault
+    # tests start private Postgres and Redis instances they can pause and kill.
+    ds_ensure_packages postgres redis
+    if [[ -z ${DATABASE_URL:-} || -z ${REDIS_URL:-} ]]; then
         TMP_DIR=$(mktemp -d "${TMPDIR:-/tmp}/cart-test.XXXXXX")
         chmod 755 "$TMP_DIR" # the postgres user must traverse it when we are root
     fi

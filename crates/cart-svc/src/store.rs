@@ -404,11 +404,13 @@ async fn lock_guest_cart(
     now: DateTime<Utc>,
 ) -> Result<CartRow, StoreError> {
     // The row appears with the first change (ARCHITECTURE.md flow 1); concurrent first
-    // changes race here harmlessly and then queue on the row lock below.
+    // changes race here harmlessly and then queue on the row lock below. No conflict
+    // target: the racing inserts collide on the token-hash index as well as the key,
+    // and a target naming only `cart_id` would let that second collision raise an error.
     sqlx::query!(
         "INSERT INTO cart.carts (cart_id, guest_token_hash, created_at, updated_at)
          VALUES ($1, $2, $3, $3)
-         ON CONFLICT (cart_id) DO NOTHING",
+         ON CONFLICT DO NOTHING",
         cart_id.as_uuid(),
         token_hash,
         now

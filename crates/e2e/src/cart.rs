@@ -199,6 +199,81 @@ pub fn rfc3339_utc(value: &Value, name: &str, what: &str) -> DateTime<Utc> {
     parsed.with_timezone(&Utc)
 }
 
+/// The 200 body of `POST /api/v1/cart/ops`: the resulting cart and one result per op,
+/// in the order of the ops.
+#[derive(Debug, Clone)]
+pub struct OpsReply {
+    pub cart: CartView,
+    pub results: Vec<OpResult>,
+    pub raw: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpResult {
+    pub op_id: String,
+    /// `applied`, `duplicate`, `conflict` or `rejected`.
+    pub status: String,
+    pub detail: Option<String>,
+}
+
+impl OpsReply {
+    #[track_caller]
+    pub fn parse(body: &Value, what: &str) -> OpsReply {
+        let cart = CartView::parse(
+            body.get("cart")
+                .unwrap_or_else(|| panic!("{what}: no `cart` in {body}")),
+            &format!("{what}: `cart`"),
+        );
+        let results = body
+            .get("results")
+            .and_then(Value::as_array)
+            .unwrap_or_else(|| panic!("{what}: `results` is not an array: {body}"))
+            .iter()
+            .map(|r| {
+                let op_id = r
+                    .get("op_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_else(|| panic!("{what}: a result without a string `op_id`: {r}"))
+                    .to_owned();
+                let status = r
+                    .get("status")
+                    .and_then(Value::as_str)
+                    .filter(|s| matches!(*s, "applied" | "duplicate" | "conflict" | "rejected"))
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "{what}: a result whose `status` is not applied, duplicate, \
+                             conflict or rejected: {r}"
+                        )
+                    })
+                    .to_owned();
+                let detail = match r.get("detail") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(d)) => Some(d.clone()),
+                    Some(other) => panic!("{what}: a result's `detail` is not a string: {other}"),
+                };
+                OpResult {
+                    op_id,
+                    status,
+                    detail,
+                }
+            })
+            .collect();
+        OpsReply {
+            cart,
+            results,
+            raw: body.clone(),
+        }
+    }
+
+    /// `(op_id, status)` of every result, in order.
+    pub fn statuses(&self) -> Vec<(String, String)> {
+        self.results
+            .iter()
+            .map(|r| (r.op_id.clone(), r.status.clone()))
+            .collect()
+    }
+}
+
 /// A cart as Postgres holds it (`cart.carts` and `cart.cart_items`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DbCart {

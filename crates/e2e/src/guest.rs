@@ -73,6 +73,23 @@ impl Guest {
         self.send(self.request(Method::GET, "/api/v1/cart")).await
     }
 
+    /// `GET /api/v1/cart`, checked to be a 200 carrying a cart.
+    pub async fn current_cart(&self) -> crate::CartView {
+        self.get_cart().await.cart("GET /api/v1/cart")
+    }
+
+    /// `POST /api/v1/cart/ops` with any JSON body (offline sync).
+    pub async fn post_ops(&self, body: Value) -> Reply {
+        self.send(self.request(Method::POST, "/api/v1/cart/ops").json(&body))
+            .await
+    }
+
+    /// `POST /api/v1/cart/ops {"base_version", "ops"}`.
+    pub async fn sync(&self, base_version: i64, ops: &[Value]) -> Reply {
+        self.post_ops(json!({"base_version": base_version, "ops": ops}))
+            .await
+    }
+
     /// `POST /api/v1/cart/items {"product_id", "quantity"}`.
     pub async fn add_item(&self, product_id: &str, quantity: i64) -> Reply {
         self.post_items(json!({"product_id": product_id, "quantity": quantity}))

@@ -11,6 +11,7 @@ use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use crate::cart::{CartView, DbCart};
+use crate::datastores::{PrivatePostgres, PrivateRedis};
 use crate::guest::Guest;
 use crate::reply::Reply;
 
@@ -25,6 +26,10 @@ const LOG_TAIL_LINES: usize = 60;
 #[derive(Debug, Clone, Default)]
 pub struct PlatformOptions {
     env: Vec<(String, String)>,
+    service_env: Vec<(String, String, String)>,
+    own_redis: bool,
+    own_redis_stopped: bool,
+    own_postgres: bool,
 }
 
 impl PlatformOptions {
@@ -36,6 +41,51 @@ impl PlatformOptions {
     /// `SESSION_GUEST_IDLE_TIMEOUT_SECS=2`. Overrides the harness's own.
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// An extra environment variable for one service only (`"cart-svc"`, `"gateway"`,
+    /// ...), e.g. `service_env("cart-svc", "CART_MAX_LINES", "5")`. Overrides both the
+    /// harness's own variables and [`PlatformOptions::env`].
+    pub fn service_env(
+        mut self,
+        service: impl Into<String>,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        let service = service.into();
+        assert!(
+            SERVICE_NAMES.contains(&service.as_str()),
+            "service_env: unknown service {service:?} (one of {SERVICE_NAMES:?})"
+        );
+        self.service_env.push((service, key.into(), value.into()));
+        self
+    }
+
+    /// Gives cart-svc a `redis-server` of this platform's own (see
+    /// [`Platform::redis`]), which the test may stop, restart, freeze and thaw.
+    /// session-svc and cleanup-worker keep the shared `REDIS_URL`, so guests can still
+    /// authenticate while cart-svc's Redis is down.
+    pub fn own_redis(mut self) -> Self {
+        self.own_redis = true;
+        self
+    }
+
+    /// Like [`PlatformOptions::own_redis`], but that Redis is stopped before the
+    /// services start (cart-svc must start and be ready without it); start it with
+    /// `platform.redis().restart()`.
+    pub fn own_redis_stopped(mut self) -> Self {
+        self.own_redis = true;
+        self.own_redis_stopped = true;
+        self
+    }
+
+    /// Runs the whole platform on a Postgres cluster of its own (see
+    /// [`Platform::postgres`]), which the test may pause and resume; `DATABASE_URL` is
+    /// not used. Every Postgres user (auth-svc, cart-svc, cleanup-worker) and the
+    /// test's own pool connect to it; session-svc uses Redis only.
+    pub fn own_postgres(mut self) -> Self {
+        self.own_postgres = true;
         self
     }
 }
@@ -66,14 +116,16 @@ pub struct Platform {
     internal_token: String,
     log_dir: PathBuf,
     services: Vec<Service>,
+    service_env: Vec<(String, String, String)>,
     logs_shown: bool,
+    redis: Option<PrivateRedis>,
+    postgres: Option<PrivatePostgres>,
 }
 
 impl Platform {
     /// Creates a fresh database and Redis key prefix, starts the five binaries on free
     /// ports, and returns once every `/readyz` answers 200.
     pub async fn start(options: PlatformOptions) -> Platform {
-        let admin_database_url = required_env("DATABASE_URL");
         let redis_url = required_env("REDIS_URL");
         let bin_dir = bin_dir();
         for name in SERVICE_NAMES {
@@ -85,6 +137,27 @@ impl Platform {
                 path.display()
             );
         }
+
+        // Private datastores first (they hold their ports from then on), owned by locals
+        // until the platform holds them, so a panic on the way stops them.
+        let postgres = if options.own_postgres {
+            let [port] = free_ports();
+            Some(PrivatePostgres::start(port).await)
+        } else {
+            None
+        };
+        let redis = options.own_redis.then(|| {
+            let [port] = free_ports();
+            let redis = PrivateRedis::start(port);
+            if options.own_redis_stopped {
+                redis.stop();
+            }
+            redis
+        });
+        let admin_database_url = match &postgres {
+            Some(pg) => pg.admin_url(),
+            None => required_env("DATABASE_URL"),
+        };
 
         let run_id = Uuid::new_v4().simple().to_string();
         let database_name = format!("e2e_{run_id}");
@@ -122,8 +195,16 @@ impl Platform {
             internal_token: internal_token.clone(),
             log_dir,
             services: Vec::new(),
+            service_env: options.service_env,
             logs_shown: false,
+            redis,
+            postgres,
         };
+        if let Some(redis) = &platform.redis {
+            platform
+                .service_env
+                .insert(0, ("cart-svc".into(), "REDIS_URL".into(), redis.url()));
+        }
 
         let listen = |port: u16| format!("127.0.0.1:{port}");
         let mut env: Vec<(String, String)> = vec![
@@ -178,6 +259,47 @@ impl Platform {
 
     pub fn cleanup_worker_url(&self) -> &str {
         &self.cleanup_url
+    }
+
+    /// cart-svc's own Redis; fails unless started with [`PlatformOptions::own_redis`].
+    #[track_caller]
+    pub fn redis(&self) -> &PrivateRedis {
+        self.redis.as_ref().expect(
+            "this platform has no Redis of its own: start it with PlatformOptions::own_redis()",
+        )
+    }
+
+    /// The platform's own Postgres cluster; fails unless started with
+    /// [`PlatformOptions::own_postgres`].
+    #[track_caller]
+    pub fn postgres(&self) -> &PrivatePostgres {
+        self.postgres
+            .as_ref()
+            .expect("this platform has no Postgres of its own: start it with PlatformOptions::own_postgres()")
+    }
+
+    /// One sample of a service's `GET /metrics` (`base_url` is e.g.
+    /// [`Platform::cart_svc_url`]): the value of the series `name` whose labels are
+    /// exactly `labels` (in any order); `None` when there is no such series yet.
+    pub async fn metric(&self, base_url: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let reply = Reply::send(self.client.get(format!("{base_url}/metrics"))).await;
+        reply.assert_status(200, &format!("GET {base_url}/metrics"));
+        let mut wanted: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        wanted.sort();
+        reply.text.lines().find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, mut series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, parse_labels(rest.strip_suffix('}')?)),
+                None => (series, Vec::new()),
+            };
+            series_labels.sort();
+            (series_name == name && series_labels == wanted)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
     }
 
     /// A client without a cookie store: credentials are whatever the test sends.
@@ -279,8 +401,14 @@ impl Platform {
                 command.env(key, value);
             }
         }
+        let own = self
+            .service_env
+            .iter()
+            .filter(|(service, _, _)| service == name)
+            .map(|(_, k, v)| (k.as_str(), v.as_str()));
         command
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(own)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
@@ -358,6 +486,28 @@ impl Platform {
                 tail.join("\n")
             ));
         }
+        let own = [
+            (
+                "private postgres",
+                self.postgres.as_ref().map(PrivatePostgres::log_path),
+            ),
+            (
+                "private redis",
+                self.redis.as_ref().map(PrivateRedis::log_path),
+            ),
+        ];
+        for (name, log) in own {
+            if let Some(log) = log {
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(20)..];
+                out.push_str(&format!(
+                    "----- {name} ({}) -----\n{}\n",
+                    log.display(),
+                    tail.join("\n")
+                ));
+            }
+        }
         out
     }
 
@@ -424,6 +574,13 @@ impl Platform {
 
 impl Drop for Platform {
     fn drop(&mut self) {
+        // A paused or frozen datastore first goes on, so the services can stop cleanly.
+        if let Some(postgres) = &self.postgres {
+            postgres.resume();
+        }
+        if let Some(redis) = &self.redis {
+            redis.thaw();
+        }
         let ended = self.stop();
         let panicking = std::thread::panicking();
         if panicking && !self.logs_shown {
@@ -440,7 +597,12 @@ impl Drop for Platform {
                 self.log_tails()
             );
         }
-        self.drop_database();
+        match self.postgres.take() {
+            // The whole cluster goes, with the database.
+            Some(postgres) => drop(postgres),
+            None => self.drop_database(),
+        }
+        drop(self.redis.take());
         if !panicking {
             let _ = fs::remove_dir_all(&self.log_dir);
         }
@@ -483,17 +645,24 @@ fn client_builder() -> reqwest::ClientBuilder {
         .redirect(reqwest::redirect::Policy::none())
 }
 
-/// Asks the kernel for five free ports at once (so they are distinct), then releases
-/// them for the services to bind.
-fn free_ports() -> [u16; 5] {
-    let listeners: Vec<TcpListener> = (0..5)
+/// Asks the kernel for free ports at once (so they are distinct), then releases them
+/// for the services (and private datastores) to bind.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port on 127.0.0.1"))
         .collect();
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect();
-    [ports[0], ports[1], ports[2], ports[3], ports[4]]
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local addr").port())
+}
+
+/// `a="1",b="x"` as `[("a", "1"), ("b", "x")]` (values of our metrics hold no `",`).
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    text.split("\",")
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((k.trim().to_owned(), v.trim_matches('"').to_owned()))
+        })
+        .collect()
 }
 
 async fn create_database(admin_url: &str, name: &str) -> String {

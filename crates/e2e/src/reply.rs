@@ -2,7 +2,7 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE, SET_COOKIE};
 use reqwest::RequestBuilder;
 use serde_json::Value;
 
-use crate::cart::CartView;
+use crate::cart::{CartView, OpsReply};
 
 /// A response read in full, so a failing assertion can show its body.
 #[derive(Debug, Clone)]
@@ -85,6 +85,30 @@ impl Reply {
             "{what}: the ETag must be the cart's version: {self}"
         );
         cart
+    }
+
+    /// A 200 of `POST /api/v1/cart/ops`: `{"cart", "results"}`, with `ETag` of the cart.
+    #[track_caller]
+    pub fn ops(&self, what: &str) -> OpsReply {
+        self.assert_status(200, what);
+        assert!(
+            self.content_type().starts_with("application/json"),
+            "{what}: an ops result must be application/json, got {self}"
+        );
+        let ops = OpsReply::parse(&self.json(), what);
+        let expected_etag = format!("\"{}\"", ops.cart.version);
+        assert_eq!(
+            self.header("etag"),
+            Some(expected_etag.as_str()),
+            "{what}: the ETag must be the resulting cart's version: {self}"
+        );
+        ops
+    }
+
+    /// True when the response carries `Idempotent-Replayed: true` (a stored outcome).
+    pub fn is_replay(&self) -> bool {
+        self.header("idempotent-replayed")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
     }
 
     /// An RFC 9457 problem with this status: `application/problem+json`, with `type`,
@@ -170,6 +194,23 @@ impl Problem {
             .filter_map(|e| e.get("field").and_then(Value::as_str))
             .map(str::to_owned)
             .collect()
+    }
+
+    /// The problem's `type`, e.g. `/problems/precondition-failed`.
+    pub fn kind(&self) -> &str {
+        self.body.get("type").and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// Fails unless the problem's `type` is `/problems/<slug>`.
+    #[track_caller]
+    pub fn assert_type(&self, slug: &str, what: &str) -> &Self {
+        assert_eq!(
+            self.kind(),
+            format!("/problems/{slug}"),
+            "{what}: the problem's `type`: {}",
+            self.body
+        );
+        self
     }
 
     pub fn errors(&self) -> Vec<Value> {

@@ -511,6 +511,35 @@ impl Platform {
         out
     }
 
+    /// Sends SIGTERM to one service and waits up to `within` for it to exit: its exit
+    /// status, or `None` if it had to be killed.
+    pub fn terminate(&mut self, name: &str, within: Duration) -> Option<ExitStatus> {
+        let service = self
+            .services
+            .iter_mut()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no service named {name}"));
+        let _ = Command::new("kill")
+            .args(["-TERM", &service.child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + within;
+        loop {
+            match service.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = service.child.kill();
+                    let _ = service.child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+
     /// Stops every service: SIGTERM, up to 10 s to exit, then a kill. Returns how each
     /// one ended (a graceful stop is a success).
     pub fn stop(&mut self) -> Vec<(&'static str, Option<ExitStatus>)> {

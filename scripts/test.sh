@@ -10,6 +10,7 @@ Usage: scripts/test.sh [TEST-RUNNER-ARGS...]
 Runs, failing fast:
   1. cargo fmt --all --check
   2. cargo clippy --workspace --all-targets -- -D warnings   (SQLX_OFFLINE=true)
+     then scripts/check-deploy.sh: the Helm chart, k8s/, Dockerfile (offline)
   3. throwaway Postgres and Redis on free ports (unless DATABASE_URL / REDIS_URL are set)
   4. cargo build --workspace --bins                         (SQLX_OFFLINE=true)
   5. cargo nextest run --workspace --no-fail-fast           (or cargo test if nextest is missing)
@@ -87,6 +88,11 @@ step_fmt() {
 
 step_clippy() {
     SQLX_OFFLINE=true cargo clippy --workspace --all-targets -- -D warnings
+}
+
+# The Helm chart, kustomize overlays, Dockerfile and docker-compose.yml, offline.
+step_deploy() {
+    bash "$ROOT/scripts/check-deploy.sh"
 }
 
 step_datastores() {
@@ -188,6 +194,7 @@ else
     run_step "cargo fmt --check" step_fmt
     run_step "cargo clippy" step_clippy
 fi
+run_step "deployment artefacts (scripts/check-deploy.sh)" step_deploy
 run_step "datastores" step_datastores
 run_step "cargo build (bins)" step_build
 run_step "tests" step_tests

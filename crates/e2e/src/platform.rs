@@ -374,6 +374,14 @@ impl Platform {
         Guest::from_created_session(self.client.clone(), self.gateway_url.clone(), reply)
     }
 
+    /// `POST /api/v1/sessions` with a body (e.g. `{"cart_token": …}` to recover a cart).
+    pub async fn start_guest_session_with(&self, body: serde_json::Value) -> Guest {
+        let reply = self
+            .send(self.gateway(Method::POST, "/api/v1/sessions").json(&body))
+            .await;
+        Guest::from_created_session(self.client.clone(), self.gateway_url.clone(), reply)
+    }
+
     /// The cart as Postgres holds it, `None` when no row was written yet.
     pub async fn db_cart(&self, cart_id: Uuid) -> Option<DbCart> {
         DbCart::load(&self.db, cart_id).await

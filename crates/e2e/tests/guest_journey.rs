@@ -1004,3 +1004,100 @@ async fn two_guests_have_two_separate_carts() {
     platform.assert_db_matches(&anns_now, "ann's cart").await;
     platform.assert_db_matches(&bobs, "bob's cart").await;
 }
+
+/// FR5: a guest whose session ended (or expired) gets the same cart back with its
+/// `cart_token`; anything else that looks like a token gives a fresh, empty cart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cart_token_brings_the_guest_cart_back_after_the_session_ends() {
+    let platform = platform().await;
+    let guest = platform.start_guest_session().await;
+    guest.add_item("sku-1", 3).await.cart("the first add");
+    guest
+        .end_session()
+        .await
+        .assert_status(204, "ending the session");
+
+    let back = platform
+        .start_guest_session_with(json!({ "cart_token": guest.cart_token }))
+        .await;
+    assert_eq!(back.created.json()["recovered"], true, "{}", back.created);
+    assert_eq!(back.cart_id, guest.cart_id, "the same cart comes back");
+    assert_eq!(back.cart_token, guest.cart_token, "its token stays valid");
+    assert_ne!(back.session_token, guest.session_token, "a new session");
+    let cart = back.current_cart().await;
+    assert_eq!(cart.quantity_of("sku-1"), Some(3));
+    let cart_after = back
+        .add_item("sku-1", 1)
+        .await
+        .cart("an add on the recovered cart");
+    assert_eq!(cart_after.quantity_of("sku-1"), Some(4));
+    assert_eq!(cart_after.version, cart.version + 1);
+
+    // A token of a cart never written to, an unknown one, a malformed one: not errors,
+    // just a fresh empty cart (API.md).
+    let unwritten = platform.start_guest_session().await;
+    for token in [
+        unwritten.cart_token.clone(),
+        "A".repeat(43),
+        "not a token!".to_owned(),
+    ] {
+        let fresh = platform
+            .start_guest_session_with(json!({ "cart_token": token }))
+            .await;
+        assert_eq!(
+            fresh.created.json()["recovered"],
+            false,
+            "{token}: {}",
+            fresh.created
+        );
+        assert_ne!(fresh.cart_id, guest.cart_id);
+        assert_eq!(fresh.current_cart().await.items.len(), 0);
+    }
+
+    // A malformed body is still a 400.
+    for body in [
+        json!({ "cart_token": 5 }),
+        json!({ "cart_token": "x", "extra": 1 }),
+    ] {
+        platform
+            .send(
+                platform
+                    .gateway(Method::POST, "/api/v1/sessions")
+                    .json(&body),
+            )
+            .await
+            .problem(400, &format!("POST /api/v1/sessions {body}"));
+    }
+}
+
+/// Cookie-authenticated writes from an origin on `ALLOWED_ORIGINS` pass the CSRF check;
+/// from any other origin they are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_origins_may_write_with_the_cookie_and_others_may_not() {
+    let platform = Platform::start(PlatformOptions::new().service_env(
+        "gateway",
+        "ALLOWED_ORIGINS",
+        "https://shop.example, https://m.shop.example/",
+    ))
+    .await;
+    let guest = platform.start_guest_session().await;
+    let add_from = |origin: &str| {
+        guest
+            .request_with_cookie(Method::POST, "/api/v1/cart/items")
+            .header("origin", origin)
+            .json(&json!({"product_id": "sku-1", "quantity": 1}))
+    };
+    guest
+        .send(add_from("https://shop.example"))
+        .await
+        .cart("a write from an allowed origin");
+    guest
+        .send(add_from("https://m.shop.example"))
+        .await
+        .cart("a write from the other allowed origin");
+    guest
+        .send(add_from("https://evil.example"))
+        .await
+        .problem(403, "a cookie write from an origin not on the list");
+    assert_eq!(guest.current_cart().await.quantity_of("sku-1"), Some(2));
+}

@@ -20,6 +20,7 @@ pub struct Config {
     /// The longest a request may wait on Postgres (acquiring a connection included)
     /// before it is answered 503: a stalled database must not hang clients.
     pub db_deadline: std::time::Duration,
+    pub merge_strategy: domain::MergeStrategy,
 }
 
 impl Config {
@@ -49,6 +50,7 @@ impl Config {
             cache_ttl_secs: e.int_in("CART_CACHE_TTL_SECS", 3600, 1..=30 * 24 * 3600),
             cache_breaker_cooldown: e.millis("CART_CACHE_BREAKER_COOLDOWN_MS", 2000, 100..=600_000),
             db_deadline: e.millis("CART_DB_DEADLINE_MS", 1000, 50..=60_000),
+            merge_strategy: e.get("CART_MERGE_STRATEGY", domain::MergeStrategy::Sum),
         };
         env.finish()?;
         Ok(cfg)

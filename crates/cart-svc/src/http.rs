@@ -24,7 +24,7 @@ use svc_kit::Problem;
 
 use crate::cache::Snapshot;
 use crate::caller::Caller;
-use crate::store::{Precondition, StoredOutcome};
+use crate::store::{MergeResult, Precondition, StoredOutcome};
 use crate::view::{self, CartView};
 use crate::AppState;
 
@@ -47,7 +47,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::scope("/internal/v1")
             .wrap(from_fn(require_internal_token))
-            .route("/carts/resolve-token", web::post().to(resolve_token)),
+            .route("/carts/resolve-token", web::post().to(resolve_token))
+            .route("/carts/merge", web::post().to(merge)),
     );
 }
 
@@ -578,6 +579,66 @@ async fn resolve_token(
         Some(cart_id) => Ok(HttpResponse::Ok().json(json!({ "cart_id": cart_id.to_string() }))),
         None => Err(Problem::not_found("no active cart for this token")),
     }
+}
+
+/// Merges a guest cart into a user's cart at login (called by the gateway). Safe to
+/// retry: a guest cart merges at most once, and a repeat answers with the user's cart.
+/// Body: `{"user_id": "…", "guest_cart_id": "…"|null}`.
+async fn merge(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    let body = read_body(&req, payload, st.max_body_bytes).await?;
+    let map = require_object(&req, &body, &["user_id", "guest_cart_id"])?;
+    let user_id = str_field(&map, "user_id")
+        .and_then(|s| {
+            s.parse::<domain::UserId>()
+                .map_err(|_| FieldError::new("user_id", "must be a UUID"))
+        })
+        .map_err(|e| Problem::from_field_errors([e]))?;
+    let guest = match map.get("guest_cart_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(
+            s.parse::<domain::CartId>()
+                .map_err(|_| Problem::validation("guest_cart_id", "must be a UUID"))?,
+        ),
+        Some(_) => {
+            return Err(Problem::validation(
+                "guest_cart_id",
+                "must be a UUID or null",
+            ))
+        }
+    };
+    let merged = within_deadline(&st, async {
+        Ok(st
+            .store
+            .merge(user_id, guest, st.merge_strategy, &st.limits)
+            .await?)
+    })
+    .await?;
+    let snapshot = snapshot(&merged.cart);
+    st.cache.put(merged.cart.id, &snapshot, true).await;
+    let (result, dropped) = match &merged.outcome {
+        MergeResult::Nothing => ("nothing", None),
+        MergeResult::Adopted => ("adopted", Some(Vec::new())),
+        MergeResult::Merged(o) => (
+            "merged",
+            Some(o.dropped.iter().map(|p| p.as_str().to_owned()).collect()),
+        ),
+    };
+    if let Some(guest) = guest.filter(|_| result != "nothing") {
+        // The guest cart's cached copy would otherwise answer its session's reads.
+        st.cache.delete(guest).await;
+    }
+    st.merge_metrics.record(&merged.outcome);
+    let mut cart = view::to_json(&merged.cart);
+    if let (Some(dropped), Some(obj)) = (dropped, cart.as_object_mut()) {
+        obj.insert("merge_dropped".to_owned(), json!(dropped));
+    }
+    Ok(HttpResponse::Ok()
+        .insert_header((header::ETAG, view::etag(merged.cart.version)))
+        .json(json!({ "result": result, "strategy": st.merge_strategy.as_str(), "cart": cart })))
 }
 
 #[cfg(test)]

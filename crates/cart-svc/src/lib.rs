@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use actix_web::web;
 use domain::Limits;
+use prometheus::{IntCounterVec, Opts};
 use svc_kit::config::Env;
 use svc_kit::metrics::Metrics;
 use svc_kit::ops::{Check, Readiness};
@@ -34,6 +35,61 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The longest a request may wait on Postgres before it is answered 503.
     pub db_deadline: std::time::Duration,
+    pub merge_strategy: domain::MergeStrategy,
+    pub merge_metrics: MergeMetrics,
+}
+
+/// Merges at login, by result, and the guest lines they moved or dropped.
+pub struct MergeMetrics {
+    merges: IntCounterVec,
+    lines: IntCounterVec,
+}
+
+impl MergeMetrics {
+    pub fn new(m: &Metrics) -> Self {
+        Self {
+            merges: m.register(
+                &IntCounterVec::new(
+                    Opts::new(
+                        "cart_merges_total",
+                        "Login merges, by result (nothing, adopted, merged).",
+                    ),
+                    &["result"],
+                )
+                .expect("static metric definition is valid"),
+            ),
+            lines: m.register(
+                &IntCounterVec::new(
+                    Opts::new(
+                        "cart_merged_lines_total",
+                        "Guest cart lines handled by merges, by outcome (merged, dropped, capped).",
+                    ),
+                    &["outcome"],
+                )
+                .expect("static metric definition is valid"),
+            ),
+        }
+    }
+
+    pub fn record(&self, r: &store::MergeResult) {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        match r {
+            store::MergeResult::Nothing => self.merges.with_label_values(&["nothing"]).inc(),
+            store::MergeResult::Adopted => self.merges.with_label_values(&["adopted"]).inc(),
+            store::MergeResult::Merged(o) => {
+                self.merges.with_label_values(&["merged"]).inc();
+                self.lines
+                    .with_label_values(&["merged"])
+                    .inc_by(count(o.merged_lines));
+                self.lines
+                    .with_label_values(&["dropped"])
+                    .inc_by(count(o.dropped.len()));
+                self.lines
+                    .with_label_values(&["capped"])
+                    .inc_by(count(o.capped.len()));
+            }
+        }
+    }
 }
 
 pub async fn migrate_only() -> anyhow::Result<()> {
@@ -65,6 +121,8 @@ pub async fn run() -> anyhow::Result<()> {
         require_if_match_on_put: cfg.require_if_match_on_put,
         max_body_bytes: cfg.max_body_bytes,
         db_deadline: cfg.db_deadline,
+        merge_strategy: cfg.merge_strategy,
+        merge_metrics: MergeMetrics::new(&metrics),
     });
     let svc = Service {
         name: "cart-svc",

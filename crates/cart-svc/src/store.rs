@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, SubsecRound, Utc};
 use domain::offline::{BatchOutcome, OfflineOp, OpId, OpStatus};
 use domain::{
-    Cart, CartError, CartId, CartLine, CartOp, Effect, Limits, Owner, ProductId, Quantity, UserId,
+    Cart, CartError, CartId, CartLine, CartOp, Effect, Limits, MergeOutcome, MergeStrategy, Owner,
+    ProductId, Quantity, UserId,
 };
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -87,6 +88,7 @@ struct CartRow {
     status: String,
     version: i64,
     updated_at: DateTime<Utc>,
+    merged_into: Option<Uuid>,
 }
 
 /// Postgres keeps microseconds: round here so what we answer equals what a later read
@@ -118,10 +120,13 @@ impl Store {
         let mut conn = self.pool.acquire().await?;
         let row = match caller {
             Caller::Guest { cart_id, .. } => {
+                // A guest cart merged at login answers with the cart it went into.
                 sqlx::query_as!(
                     CartRow,
-                    "SELECT cart_id, user_id, status, version, updated_at
-                     FROM cart.carts WHERE cart_id = $1",
+                    r#"SELECT c.cart_id, c.user_id, c.status, c.version, c.updated_at, c.merged_into
+                     FROM cart.carts g
+                     JOIN cart.carts c ON c.cart_id = COALESCE(g.merged_into, g.cart_id)
+                     WHERE g.cart_id = $1"#,
                     cart_id.as_uuid()
                 )
                 .fetch_optional(&mut *conn)
@@ -130,7 +135,7 @@ impl Store {
             Caller::User { user_id } => {
                 sqlx::query_as!(
                     CartRow,
-                    "SELECT cart_id, user_id, status, version, updated_at
+                    "SELECT cart_id, user_id, status, version, updated_at, merged_into
                      FROM cart.carts WHERE user_id = $1 AND status = 'active'",
                     user_id.as_uuid()
                 )
@@ -223,6 +228,138 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(id.map(CartId::from_uuid))
+    }
+}
+
+/// What a login's merge did.
+#[derive(Debug)]
+pub struct Merged {
+    /// The user's cart afterwards.
+    pub cart: Cart,
+    pub outcome: MergeResult,
+}
+
+#[derive(Debug)]
+pub enum MergeResult {
+    /// Nothing to merge: no guest cart given, it was never written, or it was merged
+    /// already (a retried login).
+    Nothing,
+    /// The user had no cart: the guest cart became theirs.
+    Adopted,
+    /// The guest cart's lines went into the user's cart; the guest cart is closed.
+    Merged(MergeOutcome),
+}
+
+impl Store {
+    /// Merges a guest cart into the user's one active cart, exactly once: the guest cart
+    /// is marked merged (or adopted) in the same transaction as the lines are written,
+    /// so a retried login, or one that failed half way, can never merge twice.
+    pub async fn merge(
+        &self,
+        user_id: UserId,
+        guest: Option<CartId>,
+        strategy: MergeStrategy,
+        limits: &Limits,
+    ) -> Result<Merged, StoreError> {
+        let now = now();
+        let mut tx = self.pool.begin().await?;
+        // Two logins of one user (two devices at once) merge one after the other.
+        let scope = format!("merge:{user_id}");
+        sqlx::query!(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            scope
+        )
+        .execute(&mut *tx)
+        .await?;
+        let user = Caller::User { user_id };
+        let guest_row = match guest {
+            Some(id) => sqlx::query_as!(
+                CartRow,
+                "SELECT cart_id, user_id, status, version, updated_at, merged_into
+                 FROM cart.carts WHERE cart_id = $1 FOR UPDATE",
+                id.as_uuid()
+            )
+            .fetch_optional(&mut *tx)
+            .await?
+            .filter(|g| g.status == "active" && g.user_id.is_none()),
+            None => None,
+        };
+        let Some(guest_row) = guest_row else {
+            let row = lock_user_cart(&mut tx, user_id, now).await?;
+            let cart = load_lines(&mut tx, row, &user).await?;
+            tx.commit().await?;
+            return Ok(Merged {
+                cart,
+                outcome: MergeResult::Nothing,
+            });
+        };
+        let user_row = sqlx::query_as!(
+            CartRow,
+            "SELECT cart_id, user_id, status, version, updated_at, merged_into
+             FROM cart.carts WHERE user_id = $1 AND status = 'active' FOR UPDATE",
+            user_id.as_uuid()
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(user_row) = user_row else {
+            // The version moves: the representation's owner changes, so must its ETag.
+            let row = sqlx::query_as!(
+                CartRow,
+                "UPDATE cart.carts
+                 SET user_id = $2, guest_token_hash = NULL, version = version + 1, updated_at = $3
+                 WHERE cart_id = $1
+                 RETURNING cart_id, user_id, status, version, updated_at, merged_into",
+                guest_row.cart_id,
+                user_id.as_uuid(),
+                now
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            let cart = load_lines(&mut tx, row, &user).await?;
+            tx.commit().await?;
+            return Ok(Merged {
+                cart,
+                outcome: MergeResult::Adopted,
+            });
+        };
+        let as_guest = Caller::Guest {
+            cart_id: CartId::from_uuid(guest_row.cart_id),
+            token_hash: None,
+        };
+        let guest_cart = load_lines(&mut tx, guest_row, &as_guest).await?;
+        let mut cart = load_lines(&mut tx, user_row, &user).await?;
+        let outcome = cart.merge_from(&guest_cart.lines, strategy, limits, now);
+        if !outcome.effects.is_empty() {
+            let effects: Vec<(Effect, i64)> = outcome
+                .effects
+                .iter()
+                .map(|e| (e.clone(), cart.version))
+                .collect();
+            write_lines(&mut tx, &cart, &effects).await?;
+            sqlx::query!(
+                "UPDATE cart.carts SET version = $2, updated_at = $3 WHERE cart_id = $1",
+                cart.id.as_uuid(),
+                cart.version,
+                now
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query!(
+            "UPDATE cart.carts
+             SET status = 'merged', merged_into = $2, guest_token_hash = NULL, updated_at = $3
+             WHERE cart_id = $1",
+            guest_cart.id.as_uuid(),
+            cart.id.as_uuid(),
+            now
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Merged {
+            cart,
+            outcome: MergeResult::Merged(outcome),
+        })
     }
 }
 
@@ -417,15 +554,33 @@ async fn lock_guest_cart(
     )
     .execute(&mut *conn)
     .await?;
-    let row = sqlx::query_as!(
-        CartRow,
-        "SELECT cart_id, user_id, status, version, updated_at
-         FROM cart.carts WHERE cart_id = $1 FOR UPDATE",
-        cart_id.as_uuid()
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(row)
+    lock_following_merges(conn, cart_id).await
+}
+
+/// Locks a cart's row; when the guest cart was merged into a user's cart at login,
+/// locks that one instead, so a change that raced the login lands in the cart the
+/// guest's lines went to rather than being refused or lost.
+async fn lock_following_merges(
+    conn: &mut PgConnection,
+    cart_id: CartId,
+) -> Result<CartRow, StoreError> {
+    let mut id = cart_id.as_uuid();
+    // A merged cart points at an active user cart; two hops would already be a bug.
+    for _ in 0..3 {
+        let row = sqlx::query_as!(
+            CartRow,
+            "SELECT cart_id, user_id, status, version, updated_at, merged_into
+             FROM cart.carts WHERE cart_id = $1 FOR UPDATE",
+            id
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        match row.merged_into {
+            Some(target) if row.status == "merged" => id = target,
+            _ => return Ok(row),
+        }
+    }
+    Err(StoreError::Corrupt("merged_into chain"))
 }
 
 async fn lock_user_cart(
@@ -445,7 +600,7 @@ async fn lock_user_cart(
     .await?;
     let row = sqlx::query_as!(
         CartRow,
-        "SELECT cart_id, user_id, status, version, updated_at
+        "SELECT cart_id, user_id, status, version, updated_at, merged_into
          FROM cart.carts WHERE user_id = $1 AND status = 'active' FOR UPDATE",
         user_id.as_uuid()
     )
@@ -464,8 +619,10 @@ async fn load_lines(
         (Caller::User { user_id }, Some(owner)) if owner == user_id.as_uuid() => {
             Owner::User(*user_id)
         }
-        // The guest cart now belongs to an account (merged at login): the guest
-        // session that points at it must not read or change it any more.
+        // The guest cart went into an account at login (adopted, or merged and
+        // followed): the guest session is being replaced by the user's, and a request
+        // that raced the login is served on the cart its lines now live in.
+        (Caller::Guest { .. }, Some(owner)) => Owner::User(UserId::from_uuid(owner)),
         _ => return Err(StoreError::NotActive),
     };
     if row.status != "active" {

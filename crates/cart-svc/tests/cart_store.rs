@@ -376,6 +376,8 @@ fn app_state(pool: PgPool, cache: Cache) -> web::Data<AppState> {
         require_if_match_on_put: false,
         max_body_bytes: 16 * 1024,
         db_deadline: Duration::from_secs(1),
+        merge_strategy: domain::MergeStrategy::Sum,
+        merge_metrics: cart_svc::MergeMetrics::new(&svc_kit::metrics::Metrics::new("test")),
     })
 }
 

@@ -10,6 +10,7 @@ pub mod cart;
 pub mod identity;
 pub mod ids;
 pub mod limits;
+pub mod merge;
 pub mod offline;
 pub mod product;
 pub mod quantity;
@@ -18,6 +19,7 @@ pub mod token;
 pub use cart::{Cart, CartError, CartLine, CartOp, Effect, Owner};
 pub use ids::{CartId, UserId};
 pub use limits::Limits;
+pub use merge::{MergeOutcome, MergeStrategy};
 pub use product::ProductId;
 pub use quantity::{Quantity, SetQuantity};
 

@@ -15,6 +15,8 @@ pub enum SetQuantity {
 }
 
 impl Quantity {
+    pub const ONE: Self = Self(1);
+
     /// A quantity to add (`POST`): an integer of at least 1. Values above the line limit
     /// are valid here and refused by the cart operation (422, not 400), because the
     /// request is well-formed and only the cart's state makes it impossible.

@@ -1,7 +1,8 @@
-//! Who is calling: the credential a request carries, and the identity session-svc
-//! vouches for. Two credentials exist (API.md "Who is calling"); this gateway
-//! accepts the session token, from the `X-Session-Token` header or the `cart_session`
-//! cookie.
+//! Who is calling: the credential a request carries, and the identity behind it
+//! (API.md "Who is calling"). A guest presents a session token (`X-Session-Token` or the
+//! `cart_session` cookie), resolved by session-svc; a user presents a Bearer access
+//! token, verified here and then checked against session-svc, so a logout ends it at
+//! once.
 
 use actix_web::http::{header, Method};
 use actix_web::HttpRequest;
@@ -10,32 +11,46 @@ use serde_json::json;
 use svc_kit::internal::Peer;
 use svc_kit::Problem;
 
+use crate::jwt::Verifier;
 use crate::upstream;
 
 pub const SESSION_HEADER: &str = "x-session-token";
 pub const SESSION_COOKIE: &str = "cart_session";
 pub const CART_TOKEN_COOKIE: &str = "cart_token";
 
-/// A session token, and where it came from (cookies need CSRF protection, headers don't:
-/// a browser never attaches a custom header to a cross-site request on its own).
 #[derive(Debug, Clone)]
-pub struct Credential {
-    pub token: String,
-    pub from_cookie: bool,
+pub enum Credential {
+    /// A guest's session token, and where it came from (cookies need CSRF protection,
+    /// headers don't: a browser never attaches a custom header to a cross-site request
+    /// on its own).
+    Session { token: String, from_cookie: bool },
+    /// A user's access token (JWT).
+    Bearer(String),
 }
 
 impl Credential {
-    pub fn from_request(req: &HttpRequest) -> Option<Self> {
+    /// The guest credential a request carries, if any (login merges its cart).
+    pub fn session_from_request(req: &HttpRequest) -> Option<Self> {
         if let Some(v) = req.headers().get(SESSION_HEADER) {
-            return Some(Self {
+            return Some(Self::Session {
                 token: v.to_str().unwrap_or_default().trim().to_owned(),
                 from_cookie: false,
             });
         }
-        req.cookie(SESSION_COOKIE).map(|c| Self {
+        req.cookie(SESSION_COOKIE).map(|c| Self::Session {
             token: c.value().to_owned(),
             from_cookie: true,
         })
+    }
+
+    pub fn from_cookie(&self) -> bool {
+        matches!(
+            self,
+            Credential::Session {
+                from_cookie: true,
+                ..
+            }
+        )
     }
 }
 
@@ -47,32 +62,84 @@ pub struct Identity {
     pub cart_id: String,
     pub cart_token_hash: Option<String>,
     pub session_ref: String,
+    /// User sessions only: the `sid` of their access tokens.
+    #[serde(default)]
+    pub session_id: Option<String>,
     pub expires_at: String,
     pub last_active: String,
 }
 
 pub fn unauthenticated() -> Problem {
     Problem::unauthorized(
-        "a valid session token (X-Session-Token header or cart_session cookie) is required",
+        "a valid session token (X-Session-Token header or cart_session cookie) or a Bearer access token is required",
     )
 }
 
-/// The caller's credential, or 401.
+/// The caller's credential, or 401. A Bearer token wins when both are sent.
 pub fn credential(req: &HttpRequest) -> Result<Credential, Problem> {
-    match Credential::from_request(req) {
-        Some(c) if domain::token::is_plausible_token(&c.token) => Ok(c),
-        Some(_) => Err(unauthenticated()),
-        None if req.headers().contains_key(header::AUTHORIZATION) => Err(Problem::unauthorized(
-            "this deployment accepts session tokens only (X-Session-Token or the cart_session cookie)",
-        )),
-        None => Err(unauthenticated()),
+    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+        let v = v.to_str().map_err(|_| unauthenticated())?.trim();
+        let token = match v.split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
+            _ => return Err(unauthenticated()),
+        };
+        if token.is_empty() || token.len() > 4096 {
+            return Err(unauthenticated());
+        }
+        return Ok(Credential::Bearer(token.to_owned()));
+    }
+    match Credential::session_from_request(req) {
+        Some(Credential::Session { token, from_cookie })
+            if domain::token::is_plausible_token(&token) =>
+        {
+            Ok(Credential::Session { token, from_cookie })
+        }
+        _ => Err(unauthenticated()),
     }
 }
 
-/// Resolves a session token through session-svc, which also slides its idle timeout.
-pub async fn resolve(
+/// Who the credential belongs to. For a session token: its live guest session (its
+/// idle timeout slides). For an access token: the verified claims, then its session
+/// (`sid`), which must be alive and the same user's.
+pub async fn authenticate(
     sessions: &Peer,
+    jwt: &Verifier,
     cred: &Credential,
+    request_id: Option<&str>,
+) -> Result<Identity, Problem> {
+    match cred {
+        Credential::Session { token, .. } => {
+            let id = touch(sessions, json!({ "session_token": token }), request_id).await?;
+            if id.kind != "guest" {
+                return Err(unauthenticated());
+            }
+            Ok(id)
+        }
+        Credential::Bearer(token) => {
+            let claims = jwt.verify(token, request_id).await?;
+            let id = touch(sessions, json!({ "session_id": claims.sid }), request_id)
+                .await
+                .map_err(|p| {
+                    if p.status_code() == actix_web::http::StatusCode::UNAUTHORIZED {
+                        Problem::unauthorized(
+                            "the session of this access token has ended; log in again",
+                        )
+                    } else {
+                        p
+                    }
+                })?;
+            if id.kind != "user" || id.user_id.as_deref() != Some(claims.sub.as_str()) {
+                return Err(unauthenticated());
+            }
+            Ok(id)
+        }
+    }
+}
+
+/// Looks a session up through session-svc, which also slides its idle timeout.
+pub async fn touch(
+    sessions: &Peer,
+    body: serde_json::Value,
     request_id: Option<&str>,
 ) -> Result<Identity, Problem> {
     let res = sessions
@@ -81,7 +148,7 @@ pub async fn resolve(
             "/internal/v1/sessions/touch",
             request_id,
         )
-        .json(&json!({ "session_token": cred.token }))
+        .json(&body)
         .send()
         .await
         .map_err(|e| upstream::failure(sessions.name, &e))?;
@@ -107,7 +174,7 @@ pub fn check_csrf(
     allowed_origins: &[String],
 ) -> Result<(), Problem> {
     let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if !cred.from_cookie || !unsafe_method {
+    if !cred.from_cookie() || !unsafe_method {
         return Ok(());
     }
     let forbidden =

@@ -8,6 +8,8 @@ pub struct Config {
     pub common: Common,
     pub session_url: String,
     pub cart_url: String,
+    pub auth_url: String,
+    pub jwt: crate::jwt::JwtSettings,
     pub upstream: ClientSettings,
     pub max_body_bytes: usize,
     /// Adds `Secure` to the cookies (set it whenever the site is served over HTTPS).
@@ -26,6 +28,17 @@ impl Config {
             common: Common::read(e, "GATEWAY_LISTEN", "127.0.0.1:8080"),
             session_url: e.base_url("SESSION_URL", "http://127.0.0.1:8082"),
             cart_url: e.base_url("CART_URL", "http://127.0.0.1:8083"),
+            auth_url: e.base_url("AUTH_URL", "http://127.0.0.1:8081"),
+            jwt: crate::jwt::JwtSettings {
+                issuer: e.string("AUTH_JWT_ISSUER", "cart-platform"),
+                audience: e.string("AUTH_JWT_AUDIENCE", "cart-platform-api"),
+                refetch_interval: e.millis(
+                    "GATEWAY_JWKS_REFETCH_INTERVAL_MS",
+                    5000,
+                    100..=3_600_000,
+                ),
+                max_age: e.secs("GATEWAY_JWKS_MAX_AGE_SECS", 300, 10..=86_400),
+            },
             upstream: ClientSettings {
                 connect_timeout: e.millis("UPSTREAM_CONNECT_TIMEOUT_MS", 1000, 10..=60_000),
                 request_timeout: e.millis("UPSTREAM_TIMEOUT_MS", 5000, 10..=300_000),

@@ -3,8 +3,10 @@
 //! datastore. Start reading at `routes.rs`; `openapi.rs` builds the OpenAPI document
 //! (`/openapi.json`, `/docs`) from the handlers' annotations.
 
+pub mod accounts;
 pub mod caller;
 pub mod config;
+pub mod jwt;
 pub mod openapi;
 pub mod routes;
 pub mod upstream;
@@ -24,6 +26,8 @@ pub struct AppState {
     pub cfg: Config,
     pub sessions: Peer,
     pub carts: Peer,
+    pub auth: Peer,
+    pub jwt: Arc<jwt::Verifier>,
 }
 
 pub async fn run() -> anyhow::Result<()> {
@@ -35,7 +39,25 @@ pub async fn run() -> anyhow::Result<()> {
         token.clone(),
         cfg.upstream,
     );
-    let carts = Peer::new("cart-svc", cfg.cart_url.clone(), token, cfg.upstream);
+    let carts = Peer::new(
+        "cart-svc",
+        cfg.cart_url.clone(),
+        token.clone(),
+        cfg.upstream,
+    );
+    let auth = Peer::new("auth-svc", cfg.auth_url.clone(), token, cfg.upstream);
+    let jwt = Arc::new(jwt::Verifier::new(auth.clone(), cfg.jwt.clone()));
+    // Keys are refreshed in the background, so a rotation or a removed key is seen
+    // without waiting for a request with an unknown `kid`. auth-svc is not a readiness
+    // check: guests shop without it.
+    let refresher = Arc::clone(&jwt);
+    let every = cfg.jwt.max_age;
+    tokio::spawn(async move {
+        loop {
+            refresher.refresh_if_stale().await;
+            tokio::time::sleep(every / 4).await;
+        }
+    });
     let metrics = Metrics::new("gateway");
     // Ready when the peers every guest request needs answer.
     let checks = [sessions.clone(), carts.clone()]
@@ -58,6 +80,8 @@ pub async fn run() -> anyhow::Result<()> {
         cfg,
         sessions,
         carts,
+        auth,
+        jwt,
     });
     serve(svc, move |c| {
         c.app_data(state.clone()).configure(routes::routes);

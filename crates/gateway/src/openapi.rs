@@ -20,14 +20,14 @@ use serde::{Deserialize, Serialize};
 use svc_kit::Problem as ProblemBody;
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn, PathItem};
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
     Components, ObjectBuilder, OpenApi as Document, Ref, RefOr, Required, Response, Type,
 };
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
 use utoipa_swagger_ui::Config;
 
-use crate::routes;
+use crate::{accounts, routes};
 
 /// Where the document and the docs page are served.
 pub const DOCUMENT_PATH: &str = "/openapi.json";
@@ -50,6 +50,11 @@ pub const DOCS_PATH: &str = "/docs";
         routes::set_item,
         routes::remove_item,
         routes::sync_ops,
+        accounts::register,
+        accounts::login,
+        accounts::refresh,
+        accounts::logout,
+        accounts::jwks,
         ops::livez,
         ops::readyz,
         ops::metrics,
@@ -77,11 +82,14 @@ pub const DOCS_PATH: &str = "/docs";
             BadGateway,
             ServiceUnavailable,
             GatewayTimeout,
+            EmailTaken,
+            TooManyRequests,
         ),
     ),
     modifiers(&Conventions),
     tags(
         (name = "sessions", description = "Guest sessions: the credential every other call needs."),
+        (name = "accounts", description = "Register, log in (a guest's cart merges into the account's), refresh and log out. The access token is an EdDSA JWT: send it as `Authorization: Bearer`."),
         (name = "cart", description = "The caller's cart. Every response carries `ETag: \"<version>\"`; mutations accept `If-Match` and `Idempotency-Key`."),
         (name = "operations", description = "Health, metrics and this documentation. No credential needed."),
     ),
@@ -338,6 +346,90 @@ pub struct Session {
     pub cart_token: String,
     /// True when the request's `cart_token` re-attached an earlier cart.
     pub recovered: bool,
+}
+
+/// Email and password. The email is trimmed and lower-cased.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    #[schema(format = "email", max_length = 254, example = "ann@example.com")]
+    pub email: String,
+    /// 8 to 128 characters.
+    #[schema(min_length = 8, max_length = 128)]
+    pub password: String,
+}
+
+/// The new account.
+#[derive(Serialize, ToSchema)]
+pub struct Registered {
+    #[schema(format = "uuid")]
+    pub user_id: String,
+    /// As stored: trimmed and lower-cased.
+    pub email: String,
+}
+
+/// The account's cart after login; `merge_dropped` lists the guest lines that did not
+/// fit under the line limit (present when this login merged a guest cart).
+#[derive(Serialize, ToSchema)]
+pub struct LoginCart {
+    #[serde(flatten)]
+    pub cart: Cart,
+    pub merge_dropped: Option<Vec<ProductId>>,
+}
+
+/// A logged-in device's tokens, and the account's cart.
+#[derive(Serialize, ToSchema)]
+pub struct LoginResponse {
+    /// Send as `Authorization: Bearer <access_token>`.
+    pub access_token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    #[schema(example = 900)]
+    pub expires_in: u64,
+    /// Exchange it at `POST /api/v1/auth/refresh` (once: it rotates).
+    pub refresh_token: String,
+    #[schema(format = "uuid")]
+    pub user_id: String,
+    pub cart: LoginCart,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// A new token pair; the refresh token presented stopped working.
+#[derive(Serialize, ToSchema)]
+pub struct TokenPair {
+    pub access_token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: String,
+    #[schema(example = 900)]
+    pub expires_in: u64,
+    pub refresh_token: String,
+}
+
+/// The public keys that verify access tokens (RFC 7517), each with its `kid`.
+#[derive(Serialize, ToSchema)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Jwk {
+    #[schema(example = "OKP")]
+    pub kty: String,
+    #[schema(example = "Ed25519")]
+    pub crv: String,
+    pub x: String,
+    pub kid: String,
+    #[schema(example = "EdDSA")]
+    pub alg: String,
+    #[serde(rename = "use")]
+    #[schema(example = "sig")]
+    pub use_: String,
 }
 
 /// Who the caller is.
@@ -664,6 +756,17 @@ pub struct ServiceUnavailable(pub Problem);
 #[response(content_type = "application/problem+json", headers(("Retry-After")))]
 pub struct GatewayTimeout(pub Problem);
 
+/// `email-taken`: an account with this email exists.
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct EmailTaken(pub Problem);
+
+/// `login-throttled`: too many failed logins for this account; retry after
+/// `Retry-After` seconds (even with the right password).
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json", headers(("Retry-After")))]
+pub struct TooManyRequests(pub Problem);
+
 /// A backend failed: what every operation that calls one can answer.
 #[derive(IntoResponses)]
 pub enum BackendErrors {
@@ -766,6 +869,18 @@ impl Modify for Conventions {
                 "X-Session-Token",
                 "The session token from `POST /api/v1/sessions`.",
             ))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "The access token from `POST /api/v1/auth/login` or `/refresh` (EdDSA JWT, 15 minutes). Its session must be alive: logout ends it at once.",
+                    ))
+                    .build(),
+            ),
         );
         components.add_security_scheme(
             "session_cookie",

@@ -20,6 +20,7 @@ use crate::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/sessions", web::post().to(start_session))
+        .configure(crate::accounts::routes)
         .route("/api/v1/session", web::get().to(who_am_i))
         .route("/api/v1/session", web::delete().to(end_session))
         // Each cart route is its own resource so metrics carry the route template.
@@ -38,11 +39,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(api::routes);
 }
 
-fn request_id(req: &HttpRequest) -> Option<String> {
+pub(crate) fn request_id(req: &HttpRequest) -> Option<String> {
     req.extensions().get::<RequestId>().map(|r| r.0.clone())
 }
 
-fn cookie<'c>(st: &AppState, name: &'c str, value: String) -> Cookie<'c> {
+pub(crate) fn cookie<'c>(st: &AppState, name: &'c str, value: String) -> Cookie<'c> {
     Cookie::build(name, value)
         .http_only(true)
         .same_site(SameSite::Lax)
@@ -189,7 +190,7 @@ async fn resolve_cart_token(
     get,
     path = "/api/v1/session",
     tag = "sessions",
-    security(("session_token" = []), ("session_cookie" = [])),
+    security(("session_token" = []), ("session_cookie" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "The session.", body = api::WhoAmI, headers(("Cache-Control"))),
         (status = 401, response = api::Unauthorized),
@@ -201,7 +202,8 @@ pub(crate) async fn who_am_i(
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     let cred = caller::credential(&req)?;
-    let id = caller::resolve(&st.sessions, &cred, request_id(&req).as_deref()).await?;
+    let id =
+        caller::authenticate(&st.sessions, &st.jwt, &cred, request_id(&req).as_deref()).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({
@@ -221,7 +223,7 @@ pub(crate) async fn who_am_i(
     delete,
     path = "/api/v1/session",
     tag = "sessions",
-    security(("session_token" = []), ("session_cookie" = [])),
+    security(("session_token" = []), ("session_cookie" = []), ("bearer" = [])),
     responses(
         (status = 204, description = "Ended.", headers(
             ("Set-Cookie" = String, description = "`cart_session` cleared (empty, expired)."),
@@ -238,14 +240,23 @@ pub(crate) async fn end_session(
 ) -> Result<HttpResponse, Problem> {
     let cred = caller::credential(&req)?;
     caller::check_csrf(&req, &cred, &st.cfg.allowed_origins)?;
+    let rid = request_id(&req);
+    let token = match &cred {
+        Credential::Session { token, .. } => token.clone(),
+        Credential::Bearer(_) => {
+            let id = caller::authenticate(&st.sessions, &st.jwt, &cred, rid.as_deref()).await?;
+            crate::accounts::end_user_session(&st, &id, rid.as_deref()).await?;
+            return Ok(HttpResponse::NoContent().finish());
+        }
+    };
     let res = st
         .sessions
         .request(
             reqwest::Method::POST,
             "/internal/v1/sessions/revoke",
-            request_id(&req).as_deref(),
+            rid.as_deref(),
         )
-        .json(&json!({ "session_token": cred.token }))
+        .json(&json!({ "session_token": token }))
         .send()
         .await
         .map_err(|e| upstream::failure(st.sessions.name, &e))?;
@@ -312,7 +323,7 @@ fn relayable(name: &HeaderName) -> bool {
     get,
     path = "/api/v1/cart",
     tag = "cart",
-    security(("session_token" = []), ("session_cookie" = [])),
+    security(("session_token" = []), ("session_cookie" = []), ("bearer" = [])),
     responses(
         (status = 200, response = api::CartOk),
         (status = 401, response = api::Unauthorized),
@@ -334,7 +345,7 @@ pub(crate) async fn get_cart(
     delete,
     path = "/api/v1/cart",
     tag = "cart",
-    security(("session_token" = []), ("session_cookie" = [])),
+    security(("session_token" = []), ("session_cookie" = []), ("bearer" = [])),
     params(api::MutationHeaders),
     responses(
         (status = 200, response = api::CartChanged),
@@ -357,7 +368,7 @@ pub(crate) async fn clear_cart(
     post,
     path = "/api/v1/cart/items",
     tag = "cart",
-    security(("session_token" = []), ("session_cookie" = [])),
+    security(("session_token" = []), ("session_cookie" = []), ("bearer" = [])),
     params(api::MutationHeaders),
     request_body = api::AddItemRequest,
     responses(
@@ -382,7 +393,7 @@ pub(crate) async fn add_item(
     put,
     path = "/api/v1/cart/items/{product_id}",
     tag = "cart",
-    security(("session_token" = []), ("session_cookie" = [])),
+    security(("session_token" = []), ("session_cookie" = []), ("bearer" = [])),
     params(("product_id" = api::ProductId, Path, description = "The line's product."), api::MutationHeaders),
     request_body = api::SetItemRequest,
     responses(
@@ -407,7 +418,7 @@ pub(crate) async fn set_item(
     delete,
     path = "/api/v1/cart/items/{product_id}",
     tag = "cart",
-    security(("session_token" = []), ("session_cookie" = [])),
+    security(("session_token" = []), ("session_cookie" = []), ("bearer" = [])),
     params(("product_id" = api::ProductId, Path, description = "The line's product."), api::MutationHeaders),
     responses(
         (status = 200, response = api::CartChanged),
@@ -432,7 +443,7 @@ pub(crate) async fn remove_item(
     post,
     path = "/api/v1/cart/ops",
     tag = "cart",
-    security(("session_token" = []), ("session_cookie" = [])),
+    security(("session_token" = []), ("session_cookie" = []), ("bearer" = [])),
     params(api::MutationHeaders),
     request_body = api::OpsRequest,
     responses(
@@ -458,7 +469,7 @@ async fn proxy_cart(
     let cred: Credential = caller::credential(&req)?;
     caller::check_csrf(&req, &cred, &st.cfg.allowed_origins)?;
     let rid = request_id(&req);
-    let id = caller::resolve(&st.sessions, &cred, rid.as_deref()).await?;
+    let id = caller::authenticate(&st.sessions, &st.jwt, &cred, rid.as_deref()).await?;
     let body = read_body(&req, payload, st.cfg.max_body_bytes).await?;
 
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());

@@ -20,7 +20,7 @@ use svc_kit::ops::Readiness;
 /// `openapi.rs`) and svc-kit's ops routes. actix-web cannot list what it registered, so
 /// `the_registered_routes_are_exactly_the_documented_ones` probes every documented path
 /// with every method against the real routing.
-const ROUTES: [(&str, &str); 15] = [
+const ROUTES: [(&str, &str); 20] = [
     ("POST", "/api/v1/sessions"),
     ("GET", "/api/v1/session"),
     ("DELETE", "/api/v1/session"),
@@ -30,6 +30,11 @@ const ROUTES: [(&str, &str); 15] = [
     ("PUT", "/api/v1/cart/items/{product_id}"),
     ("DELETE", "/api/v1/cart/items/{product_id}"),
     ("POST", "/api/v1/cart/ops"),
+    ("POST", "/api/v1/auth/register"),
+    ("POST", "/api/v1/auth/login"),
+    ("POST", "/api/v1/auth/refresh"),
+    ("POST", "/api/v1/auth/logout"),
+    ("GET", "/.well-known/jwks.json"),
     ("GET", "/livez"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -89,7 +94,7 @@ fn state() -> web::Data<AppState> {
     let cfg = Config::read(Env::from_fn(|name| match name {
         "INTERNAL_TOKEN" => Some("t".repeat(32)),
         // Nothing listens there: a call to a backend fails at once (502).
-        "SESSION_URL" | "CART_URL" => Some("http://127.0.0.1:1".to_owned()),
+        "SESSION_URL" | "CART_URL" | "AUTH_URL" => Some("http://127.0.0.1:1".to_owned()),
         _ => None,
     }))
     .unwrap();
@@ -103,10 +108,14 @@ fn state() -> web::Data<AppState> {
     };
     let sessions = peer("session-svc", &cfg.session_url);
     let carts = peer("cart-svc", &cfg.cart_url);
+    let auth = peer("auth-svc", &cfg.auth_url);
+    let jwt = std::sync::Arc::new(gateway::jwt::Verifier::new(auth.clone(), cfg.jwt.clone()));
     web::Data::new(AppState {
         cfg,
         sessions,
         carts,
+        auth,
+        jwt,
     })
 }
 
@@ -220,7 +229,14 @@ fn every_operation_documents_a_4xx_problem() {
                     == "#/components/schemas/Problem"
             });
         // The ops routes are the exception: they answer every request they get.
-        let ops = ["/livez", "/readyz", "/metrics", "/openapi.json", "/docs"];
+        let ops = [
+            "/livez",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+            "/docs",
+            "/.well-known/jwks.json",
+        ];
         assert!(
             problem_4xx || ops.contains(&path.as_str()),
             "{method} {path} documents no 4xx problem"
@@ -263,7 +279,7 @@ fn api_operations_document_their_errors_headers_and_credentials() {
             .collect();
         assert_eq!(
             schemes,
-            ["session_token", "session_cookie"],
+            ["session_token", "session_cookie", "bearer"],
             "{method} {path}"
         );
         assert!(op["responses"]["401"].is_object(), "{method} {path}");
@@ -297,6 +313,8 @@ fn api_operations_document_their_errors_headers_and_credentials() {
     assert_eq!(schemes["session_token"]["name"], "X-Session-Token");
     assert_eq!(schemes["session_cookie"]["in"], "cookie");
     assert_eq!(schemes["session_cookie"]["name"], "cart_session");
+    assert_eq!(schemes["bearer"]["type"], "http");
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
 }
 
 #[test]

@@ -25,6 +25,19 @@ pub struct AppState {
     pub metrics: SessionMetrics,
 }
 
+impl AppState {
+    /// A new user session's record, with the configured lifetimes.
+    pub fn user_session(&self, user: domain::UserId, cart_id: domain::CartId) -> store::NewSession {
+        store::NewSession {
+            kind: store::Kind::User(user),
+            cart_id,
+            cart_token_hash: None,
+            idle: self.timeouts.user_idle,
+            absolute: Some(self.timeouts.user_absolute),
+        }
+    }
+}
+
 pub async fn run() -> anyhow::Result<()> {
     let cfg = Config::read(Env::from_process())?;
     let pool = cfg.redis.pool()?;

@@ -173,7 +173,8 @@ formatting turns 1000000 into "1e+06": print integers with %d.
 {{/*
 The non-secret environment of one service (its ConfigMap's data), as YAML with sorted
 keys: shared config, then the datastores' config, then the service's own, then what the
-chart derives (listen address, peer URLs, RUN_MIGRATIONS). Argument: dict "root" $ "key" <service key>.
+chart derives (listen address, peer URLs, RUN_MIGRATIONS, the JWT claims, the signing
+keys' directory). Argument: dict "root" $ "key" <service key>.
 */}}
 {{- define "cart-platform.serviceConfig" -}}
 {{- $root := .root }}
@@ -189,10 +190,20 @@ chart derives (listen address, peer URLs, RUN_MIGRATIONS). Argument: dict "root"
 {{- $env = mergeOverwrite $env (deepCopy ($svc.config | default dict)) }}
 {{- $_ := set $env $info.listenVar (printf "0.0.0.0:%d" (int64 $svc.port)) }}
 {{- if eq .key "gateway" }}
+{{- $auth := $root.Values.services.authSvc }}
 {{- $session := $root.Values.services.sessionSvc }}
 {{- $cart := $root.Values.services.cartSvc }}
+{{- $_ := set $env "AUTH_URL" (printf "http://%s:%d" (include "cart-platform.componentFullname" (dict "root" $root "name" "auth-svc")) (int64 $auth.port)) }}
 {{- $_ := set $env "SESSION_URL" (printf "http://%s:%d" (include "cart-platform.componentFullname" (dict "root" $root "name" "session-svc")) (int64 $session.port)) }}
 {{- $_ := set $env "CART_URL" (printf "http://%s:%d" (include "cart-platform.componentFullname" (dict "root" $root "name" "cart-svc")) (int64 $cart.port)) }}
+{{- end }}
+{{- if or (eq .key "gateway") (eq .key "authSvc") }}
+{{- $_ := set $env "AUTH_JWT_ISSUER" $root.Values.jwt.issuer }}
+{{- $_ := set $env "AUTH_JWT_AUDIENCE" $root.Values.jwt.audience }}
+{{- end }}
+{{- if eq .key "authSvc" }}
+{{- $_ := set $env "AUTH_SIGNING_KEYS_DIR" $root.Values.signingKeys.mountPath }}
+{{- $_ := set $env "AUTH_GENERATE_SIGNING_KEY" false }}
 {{- end }}
 {{- if $info.migrates }}
 {{- $_ := set $env "RUN_MIGRATIONS" (not $root.Values.migrations.enabled) }}
@@ -265,6 +276,38 @@ A checksum of what the chart puts in its Secret, to roll the pods when it change
 {{- define "cart-platform.secretChecksum" -}}
 {{- $v := .Values }}
 {{- list $v.internalToken $v.postgres.url $v.postgres.existingSecret $v.postgres.existingSecretKey $v.redis.url $v.redis.existingSecret $v.redis.existingSecretKey | toJson | sha256sum }}
+{{- end }}
+
+{{/*
+The Secret of auth-svc's signing keys: signingKeys.existingSecret, else the chart's.
+*/}}
+{{- define "cart-platform.signingKeysSecretName" -}}
+{{- if .Values.signingKeys.existingSecret }}
+{{- .Values.signingKeys.existingSecret }}
+{{- else }}
+{{- printf "%s-auth-signing-keys" (include "cart-platform.fullname" . | trunc 45 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{/*
+The data of the chart's signing-keys Secret: signingKeys.keys, else the keys already in
+the release's Secret (upgrade), else one new Ed25519 key (install).
+*/}}
+{{- define "cart-platform.signingKeysData" -}}
+{{- if .Values.signingKeys.keys }}
+{{- range $file, $pem := .Values.signingKeys.keys }}
+{{ $file }}: {{ $pem | b64enc | quote }}
+{{- end }}
+{{- else }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "cart-platform.signingKeysSecretName" .) }}
+{{- if and $existing $existing.data }}
+{{- range $file, $b64 := $existing.data }}
+{{ $file }}: {{ $b64 | quote }}
+{{- end }}
+{{- else }}
+0000-generated.pem: {{ genPrivateKey "ed25519" | b64enc | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* ------------------------------------------------------------------ pods */}}

@@ -562,7 +562,7 @@ async fn unknown_email_and_wrong_password_look_the_same() {
         .assert_status(201, "register");
     let (mut unknown, mut wrong, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
     let mut bodies = Vec::new();
-    let mut timed = |email: String| {
+    let timed = |email: String| {
         let p = &p;
         async move {
             let t = Instant::now();

@@ -14,8 +14,9 @@ pub const MIN_USER_CART_RETENTION_DAYS: u64 = 30;
 /// API.md, Lifetimes: idempotency records are kept at least 24 hours (a client may retry
 /// that long); the same floor protects applied offline op ids.
 pub const MIN_IDEMPOTENCY_RETENTION_HOURS: u64 = 24;
-/// "cleanup" in ASCII: one number every replica of one deployment agrees on.
-pub const DEFAULT_LOCK_KEY: i64 = 0x0063_6c65_616e_7570;
+/// "CLNP" in ASCII: one number every replica of one deployment agrees on (small enough
+/// to survive YAML and JSON tooling as an exact integer).
+pub const DEFAULT_LOCK_KEY: i64 = 0x434c_4e50;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

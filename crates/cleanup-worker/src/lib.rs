@@ -65,23 +65,25 @@ pub async fn run() -> anyhow::Result<()> {
     };
     let server = serve(svc, |_| {});
     let work = worker.run(&schedule, stop);
-    let result = match cfg.mode {
-        Mode::Run => {
-            let (served, worked) = tokio::join!(server, work);
-            served.and(worked)
-        }
-        // The endpoints serve /metrics while the pass runs; the process ends with the
-        // pass (exit 0 when it completed), not with a signal.
-        Mode::Once | Mode::DryRun => {
-            tokio::pin!(server, work);
-            tokio::select! {
-                worked = &mut work => worked,
-                served = &mut server => match served {
-                    Err(e) => Err(e),
-                    Ok(()) => work.await,
-                },
-            }
-        }
+    tokio::pin!(server, work);
+    let result = tokio::select! {
+        worked = &mut work => match cfg.mode {
+            // In `run` mode the work ends only on a stop signal, which also stops the
+            // server: let it drain.
+            Mode::Run => match worked {
+                Ok(()) => server.await,
+                Err(e) => Err(e),
+            },
+            // The endpoints serve /metrics while the pass runs; the process ends with the
+            // pass (exit 0 when it completed), not with a signal.
+            Mode::Once | Mode::DryRun => worked,
+        },
+        // A server that cannot listen ends the process; one stopped by a signal waits
+        // for the batch in hand.
+        served = &mut server => match served {
+            Err(e) => Err(e),
+            Ok(()) => work.await,
+        },
     };
     pg.close().await;
     result

@@ -15,6 +15,7 @@ use svc_kit::internal::Peer;
 use svc_kit::Problem;
 
 use crate::caller::{self, Credential, Identity, CART_TOKEN_COOKIE, SESSION_COOKIE};
+use crate::guard::Priority;
 use crate::openapi as api;
 use crate::routes::{cookie, request_id};
 use crate::upstream;
@@ -28,25 +29,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/.well-known/jwks.json", web::get().to(jwks));
 }
 
-/// POSTs JSON to a peer. A connection that could not be opened is retried once: the
-/// request never reached the peer, and every internal call used here is safe to repeat
-/// anyway.
+/// POSTs JSON to a peer through its guard. Every internal call used here is safe to
+/// repeat (see the module note), so a transport failure is retried once within budget.
 async fn call(
+    st: &AppState,
     peer: &Peer,
+    priority: Priority,
     path: &str,
     body: &Value,
     rid: Option<&str>,
 ) -> Result<reqwest::Response, Problem> {
-    let send = || {
-        peer.request(reqwest::Method::POST, path, rid)
-            .json(body)
-            .send()
-    };
-    match send().await {
-        Ok(res) => Ok(res),
-        Err(e) if e.is_connect() => send().await.map_err(|e| upstream::failure(peer.name, &e)),
-        Err(e) => Err(upstream::failure(peer.name, &e)),
-    }
+    st.guard(peer)
+        .call(priority, true, || {
+            peer.request(reqwest::Method::POST, path, rid)
+                .json(body)
+                .send()
+        })
+        .await
 }
 
 async fn json_of<T: for<'de> Deserialize<'de>>(
@@ -103,7 +102,9 @@ pub(crate) async fn register(
     let map = require_object(&req, &body, &["email", "password"])?;
     let rid = request_id(&req);
     let res = call(
+        &st,
         &st.auth,
+        Priority::Low,
         "/internal/v1/users",
         &Value::Object(map),
         rid.as_deref(),
@@ -185,7 +186,15 @@ pub(crate) async fn login(
         _ => None,
     };
 
-    let res = call(&st.auth, "/internal/v1/login", &Value::Object(map), rid).await?;
+    let res = call(
+        &st,
+        &st.auth,
+        Priority::Low,
+        "/internal/v1/login",
+        &Value::Object(map),
+        rid,
+    )
+    .await?;
     if !res.status().is_success() {
         return Ok(upstream::relay_error(st.auth.name, res).await);
     }
@@ -193,7 +202,9 @@ pub(crate) async fn login(
 
     let guest_cart = guest.as_ref().map(|(_, id)| id.cart_id.clone());
     let res = call(
+        &st,
         &st.carts,
+        Priority::Low,
         "/internal/v1/carts/merge",
         &json!({ "user_id": user.user_id, "guest_cart_id": guest_cart }),
         rid,
@@ -211,7 +222,9 @@ pub(crate) async fn login(
     let mut session = None;
     if let Some((token, _)) = &guest {
         let res = call(
+            &st,
             &st.sessions,
+            Priority::Low,
             "/internal/v1/sessions/bind",
             &json!({ "session_token": token, "user_id": user.user_id, "cart_id": cart_id }),
             rid,
@@ -227,7 +240,9 @@ pub(crate) async fn login(
         Some(s) => s,
         None => {
             let res = call(
+                &st,
                 &st.sessions,
+                Priority::Low,
                 "/internal/v1/sessions",
                 &json!({ "kind": "user", "user_id": user.user_id, "cart_id": cart_id }),
                 rid,
@@ -241,7 +256,9 @@ pub(crate) async fn login(
     };
 
     let res = call(
+        &st,
         &st.auth,
+        Priority::Low,
         "/internal/v1/tokens",
         &json!({ "user_id": user.user_id, "sid": session.session_id }),
         rid,
@@ -285,7 +302,7 @@ async fn guest_session(
     if !domain::token::is_plausible_token(token) {
         return Ok(None);
     }
-    match caller::touch(&st.sessions, json!({ "session_token": token }), rid).await {
+    match caller::touch(st, Priority::Low, json!({ "session_token": token }), rid).await {
         Ok(id) if id.kind == "guest" => Ok(Some((token.clone(), id))),
         Ok(_) => Ok(None),
         Err(p) if p.status_code() == actix_web::http::StatusCode::UNAUTHORIZED => Ok(None),
@@ -332,7 +349,15 @@ pub(crate) async fn refresh(
     let map = require_object(&req, &body, &["refresh_token"])?;
     let rid = request_id(&req);
     let rid = rid.as_deref();
-    let res = call(&st.auth, "/internal/v1/refresh", &Value::Object(map), rid).await?;
+    let res = call(
+        &st,
+        &st.auth,
+        Priority::Normal,
+        "/internal/v1/refresh",
+        &Value::Object(map),
+        rid,
+    )
+    .await?;
     if res.status().as_u16() == 401 {
         // A reused token: auth-svc revoked its family and names the family's session,
         // which ends too (whoever holds its access tokens is locked out at once).
@@ -351,13 +376,15 @@ pub(crate) async fn refresh(
     let t: Refreshed = json_of(&st.auth, res).await?;
     // The session must still be alive: refresh tokens never outlive their session
     // (idle timeout, absolute limit, logout). Touching it also slides it.
-    match caller::touch(&st.sessions, json!({ "session_id": t.sid }), rid).await {
+    match caller::touch(&st, Priority::Normal, json!({ "session_id": t.sid }), rid).await {
         Ok(id) if id.kind == "user" && id.user_id.as_deref() == Some(t.user_id.as_str()) => {}
         Ok(_) => return Err(caller::unauthenticated()),
         Err(p) if p.status_code() == actix_web::http::StatusCode::UNAUTHORIZED => {
             // Its session is over: so is the family.
             let _ = call(
+                &st,
                 &st.auth,
+                Priority::Normal,
                 "/internal/v1/logout",
                 &json!({ "sid": t.sid }),
                 rid,
@@ -381,7 +408,9 @@ pub(crate) async fn refresh(
 
 async fn revoke_session_id(st: &AppState, sid: &str, rid: Option<&str>) {
     if let Err(p) = call(
+        st,
         &st.sessions,
+        Priority::Normal,
         "/internal/v1/sessions/revoke",
         &json!({ "session_id": sid }),
         rid,
@@ -419,7 +448,7 @@ pub(crate) async fn logout(
             "logout needs the access token (Authorization: Bearer); a guest ends its session with DELETE /api/v1/session",
         ));
     }
-    let id = caller::authenticate(&st.sessions, &st.jwt, &cred, rid.as_deref()).await?;
+    let id = caller::authenticate(&st, &cred, Priority::Normal, rid.as_deref()).await?;
     end_user_session(&st, &id, rid.as_deref()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -434,13 +463,23 @@ pub async fn end_user_session(
         .session_id
         .as_deref()
         .ok_or_else(caller::unauthenticated)?;
-    let res = call(&st.auth, "/internal/v1/logout", &json!({ "sid": sid }), rid).await?;
+    let res = call(
+        st,
+        &st.auth,
+        Priority::Normal,
+        "/internal/v1/logout",
+        &json!({ "sid": sid }),
+        rid,
+    )
+    .await?;
     if !res.status().is_success() {
         tracing::warn!(status = res.status().as_u16(), "auth-svc refused a logout");
         return Err(Problem::unavailable(1));
     }
     let res = call(
+        st,
         &st.sessions,
+        Priority::Normal,
         "/internal/v1/sessions/revoke",
         &json!({ "session_id": sid }),
         rid,

@@ -8,11 +8,11 @@ use actix_web::http::{header, Method};
 use actix_web::HttpRequest;
 use serde::Deserialize;
 use serde_json::json;
-use svc_kit::internal::Peer;
 use svc_kit::Problem;
 
-use crate::jwt::Verifier;
+use crate::guard::Priority;
 use crate::upstream;
+use crate::AppState;
 
 pub const SESSION_HEADER: &str = "x-session-token";
 pub const SESSION_COOKIE: &str = "cart_session";
@@ -102,32 +102,37 @@ pub fn credential(req: &HttpRequest) -> Result<Credential, Problem> {
 /// idle timeout slides). For an access token: the verified claims, then its session
 /// (`sid`), which must be alive and the same user's.
 pub async fn authenticate(
-    sessions: &Peer,
-    jwt: &Verifier,
+    st: &AppState,
     cred: &Credential,
+    priority: Priority,
     request_id: Option<&str>,
 ) -> Result<Identity, Problem> {
     match cred {
         Credential::Session { token, .. } => {
-            let id = touch(sessions, json!({ "session_token": token }), request_id).await?;
+            let id = touch(st, priority, json!({ "session_token": token }), request_id).await?;
             if id.kind != "guest" {
                 return Err(unauthenticated());
             }
             Ok(id)
         }
         Credential::Bearer(token) => {
-            let claims = jwt.verify(token, request_id).await?;
-            let id = touch(sessions, json!({ "session_id": claims.sid }), request_id)
-                .await
-                .map_err(|p| {
-                    if p.status_code() == actix_web::http::StatusCode::UNAUTHORIZED {
-                        Problem::unauthorized(
-                            "the session of this access token has ended; log in again",
-                        )
-                    } else {
-                        p
-                    }
-                })?;
+            let claims = st.jwt.verify(token, request_id).await?;
+            let id = touch(
+                st,
+                priority,
+                json!({ "session_id": claims.sid }),
+                request_id,
+            )
+            .await
+            .map_err(|p| {
+                if p.status_code() == actix_web::http::StatusCode::UNAUTHORIZED {
+                    Problem::unauthorized(
+                        "the session of this access token has ended; log in again",
+                    )
+                } else {
+                    p
+                }
+            })?;
             if id.kind != "user" || id.user_id.as_deref() != Some(claims.sub.as_str()) {
                 return Err(unauthenticated());
             }
@@ -138,20 +143,27 @@ pub async fn authenticate(
 
 /// Looks a session up through session-svc, which also slides its idle timeout.
 pub async fn touch(
-    sessions: &Peer,
+    st: &AppState,
+    priority: Priority,
     body: serde_json::Value,
     request_id: Option<&str>,
 ) -> Result<Identity, Problem> {
-    let res = sessions
-        .request(
-            reqwest::Method::POST,
-            "/internal/v1/sessions/touch",
-            request_id,
-        )
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| upstream::failure(sessions.name, &e))?;
+    let sessions = &st.sessions;
+    // A touch only reads and slides a TTL: safe to repeat.
+    let res = st
+        .guards
+        .sessions
+        .call(priority, true, || {
+            sessions
+                .request(
+                    reqwest::Method::POST,
+                    "/internal/v1/sessions/touch",
+                    request_id,
+                )
+                .json(&body)
+                .send()
+        })
+        .await?;
     match res.status().as_u16() {
         200 => res
             .json::<Identity>()

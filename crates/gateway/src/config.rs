@@ -10,6 +10,7 @@ pub struct Config {
     pub cart_url: String,
     pub auth_url: String,
     pub jwt: crate::jwt::JwtSettings,
+    pub guard: crate::guard::GuardSettings,
     pub upstream: ClientSettings,
     pub max_body_bytes: usize,
     /// Adds `Secure` to the cookies (set it whenever the site is served over HTTPS).
@@ -43,6 +44,13 @@ impl Config {
                 connect_timeout: e.millis("UPSTREAM_CONNECT_TIMEOUT_MS", 1000, 10..=60_000),
                 request_timeout: e.millis("UPSTREAM_TIMEOUT_MS", 5000, 10..=300_000),
                 max_idle_per_host: e.int_in("UPSTREAM_MAX_IDLE_PER_HOST", 256, 1..=100_000),
+            },
+            guard: crate::guard::GuardSettings {
+                max_in_flight: e.int_in("UPSTREAM_MAX_IN_FLIGHT", 256, 1..=100_000),
+                max_wait: e.millis("UPSTREAM_ADMISSION_WAIT_MS", 50, 0..=10_000),
+                failures_to_open: e.int_in("UPSTREAM_BREAKER_FAILURES", 5, 1..=1000),
+                cooldown: e.millis("UPSTREAM_BREAKER_COOLDOWN_MS", 2000, 10..=600_000),
+                budget_percent: e.int_in("UPSTREAM_RETRY_BUDGET_PERCENT", 10, 0..=100),
             },
             max_body_bytes: e.int_in("MAX_BODY_BYTES", 16 * 1024, 1024..=1024 * 1024),
             cookie_secure: e.bool("COOKIE_SECURE", false),

@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod caller;
 pub mod config;
+pub mod guard;
 pub mod jwt;
 pub mod openapi;
 pub mod routes;
@@ -28,6 +29,36 @@ pub struct AppState {
     pub carts: Peer,
     pub auth: Peer,
     pub jwt: Arc<jwt::Verifier>,
+    pub guards: Guards,
+}
+
+/// One guard (admission, breaker, retry budget) per upstream.
+pub struct Guards {
+    pub sessions: Arc<guard::Guard>,
+    pub carts: Arc<guard::Guard>,
+    pub auth: Arc<guard::Guard>,
+}
+
+impl Guards {
+    pub fn new(settings: guard::GuardSettings, metrics: &Metrics) -> Self {
+        let m = guard::GuardMetrics::new(metrics);
+        Self {
+            sessions: guard::Guard::new("session-svc", settings, m.clone()),
+            carts: guard::Guard::new("cart-svc", settings, m.clone()),
+            auth: guard::Guard::new("auth-svc", settings, m),
+        }
+    }
+}
+
+impl AppState {
+    /// The guard of a peer.
+    pub fn guard(&self, peer: &Peer) -> &Arc<guard::Guard> {
+        match peer.name {
+            "session-svc" => &self.guards.sessions,
+            "cart-svc" => &self.guards.carts,
+            _ => &self.guards.auth,
+        }
+    }
 }
 
 pub async fn run() -> anyhow::Result<()> {
@@ -59,6 +90,7 @@ pub async fn run() -> anyhow::Result<()> {
         }
     });
     let metrics = Metrics::new("gateway");
+    let guards = Guards::new(cfg.guard, &metrics);
     // Ready when the peers every guest request needs answer.
     let checks = [sessions.clone(), carts.clone()]
         .into_iter()
@@ -82,6 +114,7 @@ pub async fn run() -> anyhow::Result<()> {
         carts,
         auth,
         jwt,
+        guards,
     });
     serve(svc, move |c| {
         c.app_data(state.clone()).configure(routes::routes);

@@ -14,6 +14,7 @@ use svc_kit::observe::RequestId;
 use svc_kit::Problem;
 
 use crate::caller::{self, Credential, CART_TOKEN_COOKIE, SESSION_COOKIE};
+use crate::guard::Priority;
 use crate::openapi as api;
 use crate::upstream;
 use crate::AppState;
@@ -109,17 +110,21 @@ pub(crate) async fn start_session(
         }
         None => json!({ "kind": "guest" }),
     };
+    // Not retried: a repeat would start a second session.
     let res = st
+        .guards
         .sessions
-        .request(
-            reqwest::Method::POST,
-            "/internal/v1/sessions",
-            rid.as_deref(),
-        )
-        .json(&create_body)
-        .send()
-        .await
-        .map_err(|e| upstream::failure(st.sessions.name, &e))?;
+        .call(Priority::Low, false, || {
+            st.sessions
+                .request(
+                    reqwest::Method::POST,
+                    "/internal/v1/sessions",
+                    rid.as_deref(),
+                )
+                .json(&create_body)
+                .send()
+        })
+        .await?;
     if res.status() != reqwest::StatusCode::CREATED {
         return Ok(upstream::relay_error(st.sessions.name, res).await);
     }
@@ -156,17 +161,21 @@ async fn resolve_cart_token(
     struct Resolved {
         cart_id: String,
     }
+    let body = json!({ "cart_token": token });
     let res = st
+        .guards
         .carts
-        .request(
-            reqwest::Method::POST,
-            "/internal/v1/carts/resolve-token",
-            rid,
-        )
-        .json(&json!({ "cart_token": token }))
-        .send()
-        .await
-        .map_err(|e| upstream::failure(st.carts.name, &e))?;
+        .call(Priority::Low, true, || {
+            st.carts
+                .request(
+                    reqwest::Method::POST,
+                    "/internal/v1/carts/resolve-token",
+                    rid,
+                )
+                .json(&body)
+                .send()
+        })
+        .await?;
     match res.status().as_u16() {
         200 => Ok(Some(
             res.json::<Resolved>()
@@ -203,7 +212,7 @@ pub(crate) async fn who_am_i(
 ) -> Result<HttpResponse, Problem> {
     let cred = caller::credential(&req)?;
     let id =
-        caller::authenticate(&st.sessions, &st.jwt, &cred, request_id(&req).as_deref()).await?;
+        caller::authenticate(&st, &cred, Priority::Normal, request_id(&req).as_deref()).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({
@@ -244,22 +253,26 @@ pub(crate) async fn end_session(
     let token = match &cred {
         Credential::Session { token, .. } => token.clone(),
         Credential::Bearer(_) => {
-            let id = caller::authenticate(&st.sessions, &st.jwt, &cred, rid.as_deref()).await?;
+            let id = caller::authenticate(&st, &cred, Priority::Normal, rid.as_deref()).await?;
             crate::accounts::end_user_session(&st, &id, rid.as_deref()).await?;
             return Ok(HttpResponse::NoContent().finish());
         }
     };
+    let body = json!({ "session_token": token });
     let res = st
+        .guards
         .sessions
-        .request(
-            reqwest::Method::POST,
-            "/internal/v1/sessions/revoke",
-            rid.as_deref(),
-        )
-        .json(&json!({ "session_token": token }))
-        .send()
-        .await
-        .map_err(|e| upstream::failure(st.sessions.name, &e))?;
+        .call(Priority::Normal, true, || {
+            st.sessions
+                .request(
+                    reqwest::Method::POST,
+                    "/internal/v1/sessions/revoke",
+                    rid.as_deref(),
+                )
+                .json(&body)
+                .send()
+        })
+        .await?;
     match res.status().as_u16() {
         204 => {
             let mut gone = cookie(&st, SESSION_COOKIE, String::new());
@@ -469,37 +482,27 @@ async fn proxy_cart(
     let cred: Credential = caller::credential(&req)?;
     caller::check_csrf(&req, &cred, &st.cfg.allowed_origins)?;
     let rid = request_id(&req);
-    let id = caller::authenticate(&st.sessions, &st.jwt, &cred, rid.as_deref()).await?;
+    let priority = if req.method() == actix_web::http::Method::GET {
+        Priority::Normal
+    } else {
+        Priority::Critical
+    };
+    let id = caller::authenticate(&st, &cred, priority, rid.as_deref()).await?;
     let body = read_body(&req, payload, st.cfg.max_body_bytes).await?;
 
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(|_| Problem::for_status(StatusCode::METHOD_NOT_ALLOWED))?;
-    let mut out = st.carts.request(method, path, rid.as_deref());
-    for (name, value) in req.headers() {
-        if forwardable(name) {
-            out = out.header(name.as_str(), value.as_bytes());
-        }
-    }
-    out = out
-        .header(KIND_HEADER, id.kind.as_str())
-        .header(CART_ID_HEADER, id.cart_id.as_str());
-    if let Some(h) = &id.cart_token_hash {
-        out = out.header(CART_TOKEN_HASH_HEADER, h.as_str());
-    }
-    if let Some(u) = &id.user_id {
-        out = out.header(USER_ID_HEADER, u.as_str());
-    }
-    out = forwarded_headers(&req, out);
-    if !body.is_empty() {
-        out = out.body(body);
-    }
     tracing::debug!(session = %id.session_ref, "forwarding to cart-svc");
-
-    let res = out
-        .send()
-        .await
-        .map_err(|e| upstream::failure(st.carts.name, &e))?;
+    // Safe to send twice: a read, or a change cart-svc deduplicates by its key.
+    let retry_safe =
+        method == reqwest::Method::GET || req.headers().contains_key("idempotency-key");
+    let res = st
+        .guards
+        .carts
+        .call(priority, retry_safe, || {
+            cart_request(&st, &req, &id, method.clone(), rid.as_deref(), body.clone()).send()
+        })
+        .await?;
     let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut reply = HttpResponse::build(status);
     copy_headers(res.headers(), &mut reply);
@@ -514,6 +517,39 @@ async fn proxy_cart(
         e
     });
     Ok(reply.streaming(stream))
+}
+
+/// The call to cart-svc for a public cart request: the client's headers minus
+/// hop-by-hop, credentials and anything reserved, plus the caller's identity.
+fn cart_request(
+    st: &AppState,
+    req: &HttpRequest,
+    id: &caller::Identity,
+    method: reqwest::Method,
+    rid: Option<&str>,
+    body: actix_web::web::Bytes,
+) -> reqwest::RequestBuilder {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut out = st.carts.request(method, path, rid);
+    for (name, value) in req.headers() {
+        if forwardable(name) {
+            out = out.header(name.as_str(), value.as_bytes());
+        }
+    }
+    out = out
+        .header(KIND_HEADER, id.kind.as_str())
+        .header(CART_ID_HEADER, id.cart_id.as_str());
+    if let Some(h) = &id.cart_token_hash {
+        out = out.header(CART_TOKEN_HASH_HEADER, h.as_str());
+    }
+    if let Some(u) = &id.user_id {
+        out = out.header(USER_ID_HEADER, u.as_str());
+    }
+    out = forwarded_headers(req, out);
+    if !body.is_empty() {
+        out = out.body(body);
+    }
+    out
 }
 
 fn copy_headers(from: &reqwest::header::HeaderMap, to: &mut actix_web::HttpResponseBuilder) {

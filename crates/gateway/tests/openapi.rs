@@ -110,7 +110,9 @@ fn state() -> web::Data<AppState> {
     let carts = peer("cart-svc", &cfg.cart_url);
     let auth = peer("auth-svc", &cfg.auth_url);
     let jwt = std::sync::Arc::new(gateway::jwt::Verifier::new(auth.clone(), cfg.jwt.clone()));
+    let guards = gateway::Guards::new(cfg.guard, &Metrics::new("gateway"));
     web::Data::new(AppState {
+        guards,
         cfg,
         sessions,
         carts,

@@ -5,7 +5,7 @@ this file and run it, rather than the JSON, so the six dashboards stay alike).
 Every panel reads only metrics the services expose today (deploy/prometheus/metrics.txt;
 scripts/check-observability.sh checks it) through the `datasource` variable, and rates
 use $__rate_interval. Planned metrics (gateway upstream calls, shedding, rate limits,
-in-flight; DB pools; logins; merges) get panels when they exist: docs/runbooks.md lists them.
+in-flight; DB pools; logins; merges) get panels when they exist: the README's Observability section lists them.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ Runs, failing fast:
   1. cargo fmt --all --check
   2. cargo clippy --workspace --all-targets -- -D warnings   (SQLX_OFFLINE=true)
      then scripts/check-deploy.sh: the Helm chart, k8s/, Dockerfile (offline)
+     then scripts/check-observability.sh: Prometheus rules and their promtool tests,
+     dashboards (offline; installs promtool, which the end-to-end tests use too)
   3. throwaway Postgres and Redis on free ports (unless DATABASE_URL / REDIS_URL are set)
   4. cargo build --workspace --bins                         (SQLX_OFFLINE=true)
   5. cargo nextest run --workspace --no-fail-fast           (or cargo test if nextest is missing)
@@ -93,6 +95,12 @@ step_clippy() {
 # The Helm chart, kustomize overlays, Dockerfile and docker-compose.yml, offline.
 step_deploy() {
     bash "$ROOT/scripts/check-deploy.sh"
+}
+
+# Prometheus rules, their promtool unit tests and the Grafana dashboards, offline. Before
+# the tests: it installs promtool, which crates/e2e/tests/observability.rs runs.
+step_observability() {
+    bash "$ROOT/scripts/check-observability.sh"
 }
 
 step_datastores() {
@@ -195,6 +203,7 @@ else
     run_step "cargo clippy" step_clippy
 fi
 run_step "deployment artefacts (scripts/check-deploy.sh)" step_deploy
+run_step "observability (scripts/check-observability.sh)" step_observability
 run_step "datastores" step_datastores
 run_step "cargo build (bins)" step_build
 run_step "tests" step_tests

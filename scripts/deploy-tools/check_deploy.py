@@ -28,7 +28,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "cart-platform"
 EXAMPLES = CHART / "examples"
-ALERTS = CHART / "files" / "prometheus" / "alerts.yml"
+RULES_DIR = ROOT / "deploy" / "prometheus" / "rules"  # the source; the chart holds copies
+CHART_RULES_DIR = CHART / "files" / "prometheus"
 K8S = ROOT / "k8s"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
@@ -404,34 +405,46 @@ def check_monitoring_crds(sets: list[Manifests]) -> str:
 
 
 def check_alert_rules(sets: list[Manifests]) -> str:
-    """alerts.yml parses, uses metrics that exist, and every PrometheusRule carries it."""
+    """The rule files parse, use metrics that exist, the chart carries identical copies,
+    and every PrometheusRule carries all their groups (in file-name order)."""
     import promql_parser
 
-    rules = yaml.safe_load(ALERTS.read_text())
-    metrics_src = (ROOT / "crates" / "svc-kit" / "src" / "metrics.rs").read_text()
+    files = sorted(RULES_DIR.glob("*.yml"))
+    ensure(bool(files), f"no rule files in {RULES_DIR.relative_to(ROOT)}")
+    groups: list = []
     problems = []
+    for f in files:
+        groups += yaml.safe_load(f.read_text())["groups"]
+        copy_ = CHART_RULES_DIR / f.name
+        if not copy_.exists() or copy_.read_text() != f.read_text():
+            problems.append(f"{copy_.relative_to(ROOT)} differs from {f.relative_to(ROOT)} "
+                            "(scripts/check-observability.sh --sync)")
+    for extra in sorted({p.name for p in CHART_RULES_DIR.glob("*.yml")} - {f.name for f in files}):
+        problems.append(f"{(CHART_RULES_DIR / extra).relative_to(ROOT)} has no source in {RULES_DIR.relative_to(ROOT)}")
+    metrics_src = (ROOT / "crates" / "svc-kit" / "src" / "metrics.rs").read_text()
     n = 0
-    for g in rules["groups"]:
+    for g in groups:
         for r in g["rules"]:
             n += 1
+            name = r.get("alert") or r.get("record")
             try:
                 promql_parser.parse(r["expr"])
             except Exception as e:  # noqa: BLE001
-                problems.append(f"{r.get('alert')}: {e}")
-            for name in re.findall(r"\b(http_server_[a-z_]+?)(?:_bucket|_count|_sum)?\{", r["expr"]):
-                if name not in metrics_src:
-                    problems.append(f"{r.get('alert')}: metric {name} is not in svc-kit/src/metrics.rs")
+                problems.append(f"{name}: {e}")
+            for metric in re.findall(r"\b(http_server_[a-z_]+?)(?:_bucket|_count|_sum)?\{", r["expr"]):
+                if metric not in metrics_src:
+                    problems.append(f"{name}: metric {metric} is not in svc-kit/src/metrics.rs")
             for label in re.findall(r"\b(http_[a-z_]+)\s*[!=]~?", r["expr"]):
                 if label not in metrics_src:
-                    problems.append(f"{r.get('alert')}: label {label} is not in svc-kit/src/metrics.rs")
+                    problems.append(f"{name}: label {label} is not in svc-kit/src/metrics.rs")
             if not re.fullmatch(r"[0-9]+[smh]", str(r.get("for", "0s"))):
-                problems.append(f"{r.get('alert')}: bad 'for': {r.get('for')}")
+                problems.append(f"{name}: bad 'for': {r.get('for')}")
     for m in sets:
         for d in m.of("PrometheusRule"):
-            if d["spec"]["groups"] != rules["groups"]:
-                problems.append(f"{m.name}: {kind_name(d)} differs from {ALERTS.relative_to(ROOT)}")
-    expect_no_problems(problems, str(ALERTS.relative_to(ROOT)))
-    return f"{n} rules"
+            if d["spec"]["groups"] != groups:
+                problems.append(f"{m.name}: {kind_name(d)} differs from {RULES_DIR.relative_to(ROOT)}/*.yml")
+    expect_no_problems(problems, str(RULES_DIR.relative_to(ROOT)))
+    return f"{n} rules in {len(files)} files"
 
 
 # ------------------------------------------------------------------ policy
@@ -882,7 +895,7 @@ def main() -> int:
     r.check("kubernetes-validate --strict, every object", lambda: check_kube_schemas(everything))
     r.check("ServiceMonitor / PrometheusRule against the prometheus-operator schemas",
             lambda: check_monitoring_crds(everything))
-    r.check(f"alert rules ({ALERTS.relative_to(ROOT)})", lambda: check_alert_rules(everything))
+    r.check(f"Prometheus rules ({RULES_DIR.relative_to(ROOT)})", lambda: check_alert_rules(everything))
 
     # ---- what every rendering must hold
     # How each rendering migrates: a Helm hook job, a plain job (kustomize: applied first),

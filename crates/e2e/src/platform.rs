@@ -120,6 +120,8 @@ pub struct Platform {
     logs_shown: bool,
     redis: Option<PrivateRedis>,
     postgres: Option<PrivatePostgres>,
+    /// The environment every service started with (for extra replicas).
+    base_env: Vec<(String, String)>,
 }
 
 impl Platform {
@@ -199,6 +201,7 @@ impl Platform {
             logs_shown: false,
             redis,
             postgres,
+            base_env: Vec::new(),
         };
         if let Some(redis) = &platform.redis {
             platform
@@ -225,10 +228,17 @@ impl Platform {
                 "AUTH_SIGNING_KEYS_DIR".into(),
                 platform.log_dir.join("auth-keys").display().to_string(),
             ),
+            // Tests drive one session hard; the limits are exercised by tests that set
+            // their own.
+            ("RATE_LIMIT_PER_SECOND".into(), "100000".into()),
+            ("RATE_LIMIT_BURST".into(), "100000".into()),
+            ("RATE_LIMIT_AUTH_PER_MINUTE".into(), "100000".into()),
+            ("RATE_LIMIT_AUTH_BURST".into(), "100000".into()),
             ("RUST_LOG".into(), "info".into()),
             ("RUST_BACKTRACE".into(), "1".into()),
         ];
         env.extend(options.env);
+        platform.base_env = env.clone();
 
         // auth-svc and cart-svc migrate the database when they start: let them get
         // there (they listen once migrated) before the services that read their tables.
@@ -242,6 +252,46 @@ impl Platform {
         }
         platform.wait_until(deadline, "/readyz").await;
         platform
+    }
+
+    /// Starts another gateway process (a second replica) with the same configuration
+    /// plus `extra` variables, on a free port; returns its URL once it is ready.
+    pub async fn start_extra_gateway(&mut self, extra: &[(&str, &str)]) -> String {
+        let [port] = free_ports();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut last: Vec<(String, String)> =
+            vec![("GATEWAY_LISTEN".into(), format!("127.0.0.1:{port}"))];
+        last.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let env = self.base_env.clone();
+        self.spawn_process(
+            &bin_dir(),
+            "gateway",
+            "gateway-extra",
+            url.clone(),
+            &env,
+            &last,
+        );
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let ready = self
+                .client
+                .get(format!("{url}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                return url;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the extra gateway on {port} never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The gateway, where every public call goes: `http://127.0.0.1:<port>`.
@@ -401,11 +451,32 @@ impl Platform {
     }
 
     fn spawn(&mut self, bin_dir: &Path, name: &'static str, env: &[(String, String)]) {
+        let url = match name {
+            "gateway" => self.gateway_url.clone(),
+            "auth-svc" => self.auth_url.clone(),
+            "session-svc" => self.session_url.clone(),
+            "cart-svc" => self.cart_url.clone(),
+            _ => self.cleanup_url.clone(),
+        };
+        self.spawn_process(bin_dir, name, name, url, env, &[]);
+    }
+
+    /// Starts `binary` as the service called `name` (its log is `<name>.log`), with
+    /// `env`, then the binary's `service_env`, then `last`.
+    fn spawn_process(
+        &mut self,
+        bin_dir: &Path,
+        binary: &'static str,
+        name: &'static str,
+        url: String,
+        env: &[(String, String)],
+        last: &[(String, String)],
+    ) {
         let log = self.log_dir.join(format!("{name}.log"));
         let stdout =
             File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let stderr = stdout.try_clone().expect("clone a log file handle");
-        let mut command = Command::new(bin_dir.join(name));
+        let mut command = Command::new(bin_dir.join(binary));
         // A clean environment: a variable exported in the developer's shell (say
         // CART_MAX_LINES=5) must not change what the tests see.
         command.env_clear();
@@ -417,24 +488,18 @@ impl Platform {
         let own = self
             .service_env
             .iter()
-            .filter(|(service, _, _)| service == name)
+            .filter(|(service, _, _)| service == binary)
             .map(|(_, k, v)| (k.as_str(), v.as_str()));
         command
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(own)
+            .envs(last.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let url = match name {
-            "gateway" => self.gateway_url.clone(),
-            "auth-svc" => self.auth_url.clone(),
-            "session-svc" => self.session_url.clone(),
-            "cart-svc" => self.cart_url.clone(),
-            _ => self.cleanup_url.clone(),
-        };
         self.services.push(Service {
             name,
             url,

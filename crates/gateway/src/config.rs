@@ -11,6 +11,8 @@ pub struct Config {
     pub auth_url: String,
     pub jwt: crate::jwt::JwtSettings,
     pub guard: crate::guard::GuardSettings,
+    pub redis: svc_kit::datastores::RedisSettings,
+    pub rate_limit: Option<crate::edge::RateLimitSettings>,
     pub upstream: ClientSettings,
     pub max_body_bytes: usize,
     /// Adds `Secure` to the cookies (set it whenever the site is served over HTTPS).
@@ -51,6 +53,30 @@ impl Config {
                 failures_to_open: e.int_in("UPSTREAM_BREAKER_FAILURES", 5, 1..=1000),
                 cooldown: e.millis("UPSTREAM_BREAKER_COOLDOWN_MS", 2000, 10..=600_000),
                 budget_percent: e.int_in("UPSTREAM_RETRY_BUDGET_PERCENT", 10, 0..=100),
+            },
+            redis: svc_kit::datastores::RedisSettings::read(e),
+            rate_limit: {
+                let enabled = e.bool("RATE_LIMIT_ENABLED", true);
+                let settings = crate::edge::RateLimitSettings {
+                    client: crate::edge::Policy {
+                        name: "client",
+                        per_second: e
+                            .int_in("RATE_LIMIT_PER_SECOND", 20u32, 1..=1_000_000)
+                            .into(),
+                        burst: e.int_in("RATE_LIMIT_BURST", 40, 1..=1_000_000),
+                    },
+                    auth: crate::edge::Policy {
+                        name: "auth",
+                        per_second: f64::from(e.int_in(
+                            "RATE_LIMIT_AUTH_PER_MINUTE",
+                            10u32,
+                            1..=1_000_000,
+                        )) / 60.0,
+                        burst: e.int_in("RATE_LIMIT_AUTH_BURST", 5, 1..=1_000_000),
+                    },
+                    trust_forwarded_for: e.bool("RATE_LIMIT_TRUST_FORWARDED_FOR", false),
+                };
+                enabled.then_some(settings)
             },
             max_body_bytes: e.int_in("MAX_BODY_BYTES", 16 * 1024, 1024..=1024 * 1024),
             cookie_secure: e.bool("COOKIE_SECURE", false),

@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod caller;
 pub mod config;
+pub mod edge;
 pub mod guard;
 pub mod jwt;
 pub mod openapi;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub auth: Peer,
     pub jwt: Arc<jwt::Verifier>,
     pub guards: Guards,
+    /// `None` when rate limiting is switched off (`RATE_LIMIT_ENABLED=false`).
+    pub limiter: Option<Arc<edge::RateLimiter>>,
 }
 
 /// One guard (admission, breaker, retry budget) per upstream.
@@ -91,6 +94,16 @@ pub async fn run() -> anyhow::Result<()> {
     });
     let metrics = Metrics::new("gateway");
     let guards = Guards::new(cfg.guard, &metrics);
+    let limiter = match cfg.rate_limit {
+        Some(settings) => Some(Arc::new(edge::RateLimiter::new(
+            settings,
+            cfg.redis.pool()?,
+            cfg.redis.key_prefix.clone(),
+            cfg.redis.timeout,
+            &metrics,
+        ))),
+        None => None,
+    };
     // Ready when the peers every guest request needs answer.
     let checks = [sessions.clone(), carts.clone()]
         .into_iter()
@@ -115,9 +128,17 @@ pub async fn run() -> anyhow::Result<()> {
         auth,
         jwt,
         guards,
+        limiter,
     });
     serve(svc, move |c| {
-        c.app_data(state.clone()).configure(routes::routes);
+        // One scope around every public route, so CORS and rate limits wrap them all
+        // (and not the operations endpoints svc-kit serves).
+        c.app_data(state.clone()).service(
+            web::scope("")
+                .wrap(actix_web::middleware::from_fn(edge::rate_limit))
+                .wrap(actix_web::middleware::from_fn(edge::cors))
+                .configure(routes::routes),
+        );
     })
     .await
 }

@@ -310,6 +310,8 @@ fn forwardable(name: &HeaderName) -> bool {
         && !identity::is_reserved_header(n)
         && n != "x-forwarded-for"
         && n != "x-forwarded-proto"
+        // Replaced: the gateway continues the trace with a span of its own.
+        && n != "traceparent"
 }
 
 /// Response headers never relayed: hop-by-hop ones and the length (the body is streamed

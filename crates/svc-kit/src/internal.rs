@@ -121,6 +121,9 @@ impl Peer {
         if let Some(id) = request_id {
             rb = rb.header(crate::observe::REQUEST_ID_HEADER, id);
         }
+        if let Some(trace) = crate::trace::TraceContext::current() {
+            rb = rb.header("traceparent", trace.header());
+        }
         rb
     }
 

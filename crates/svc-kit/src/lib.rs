@@ -14,5 +14,6 @@ pub mod ops;
 pub mod problem;
 pub mod server;
 pub mod telemetry;
+pub mod trace;
 
 pub use problem::Problem;

@@ -42,8 +42,13 @@ pub async fn observe(
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let method = req.method().clone();
 
-    let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = tracing::field::Empty);
-    let result = next.call(req).instrument(span.clone()).await;
+    let trace = crate::trace::TraceContext::continue_from(
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let span = tracing::info_span!("request", request_id = %request_id, trace_id = %trace.trace_id, method = %method, route = tracing::field::Empty);
+    let result = trace.scope(next.call(req).instrument(span.clone())).await;
     let res = match result {
         Ok(res) => res.map_into_boxed_body(),
         // An error that escaped the handlers' own mapping: render it like any other.

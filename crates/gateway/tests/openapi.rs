@@ -113,6 +113,7 @@ fn state() -> web::Data<AppState> {
     let guards = gateway::Guards::new(cfg.guard, &Metrics::new("gateway"));
     web::Data::new(AppState {
         guards,
+        limiter: None,
         cfg,
         sessions,
         carts,

@@ -208,6 +208,10 @@ async fn login(
     let body = read_body(&req, payload, st.max_body_bytes).await?;
     let map = require_object(&req, &body, &["email", "password"])?;
     let (email, password) = credentials(&map)?;
+    if st.hasher.saturated() {
+        st.metrics.logins.with_label_values(&["shed"]).inc();
+        return Err(hashing(HashError::Saturated));
+    }
     if let Some(until) = store::blocked_until(&st.pool, &email).await.map_err(db)? {
         st.metrics.logins.with_label_values(&["throttled"]).inc();
         return Err(throttled(until));

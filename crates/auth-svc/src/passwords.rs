@@ -87,6 +87,12 @@ impl Hasher {
         })
     }
 
+    /// True when a new hash would be shed right away: lets a login refuse before it
+    /// spends anything else (a shed login must be cheap, or shedding cannot protect).
+    pub fn saturated(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) >= self.max_waiting
+    }
+
     /// A PHC string for a new password.
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
         let params = self.params.clone();

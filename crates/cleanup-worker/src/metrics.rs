@@ -95,6 +95,7 @@ impl WorkerMetrics {
             m.rows_would_delete.with_label_values(&k);
             m.batches.with_label_values(&k);
             m.oldest_expired_age.with_label_values(&k);
+            m.batch_duration.with_label_values(&k);
         }
         for r in PASS_RESULTS {
             m.passes.with_label_values(&[r]);

@@ -43,7 +43,7 @@ RELEASE = "cart-platform"
 
 # The five binaries: component name -> (listen variable, uses Postgres, uses Redis).
 SERVICES = {
-    "gateway": ("GATEWAY_LISTEN", False, False),
+    "gateway": ("GATEWAY_LISTEN", False, True),
     "auth-svc": ("AUTH_LISTEN", True, False),
     "session-svc": ("SESSION_LISTEN", False, True),
     "cart-svc": ("CART_LISTEN", True, True),

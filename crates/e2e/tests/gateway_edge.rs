@@ -101,7 +101,9 @@ async fn get_cart(
 
 /// With cart-svc slowed to ~300 ms a call and room for 9 reads at once, a burst of 30
 /// reads: 9 are served at the upstream's pace, the other 21 are answered 503 +
-/// Retry-After within the 100 ms admission wait — none waits longer, none is lost.
+/// Retry-After within the 200 ms admission wait — none waits longer, none is lost. (The
+/// wait is generous enough that the quick session checks, which share the same bound
+/// on session-svc, are never what gets shed on a loaded test machine.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_saturated_upstream_sheds_the_excess_at_once() {
     let mut p = Platform::start(PlatformOptions::new()).await;
@@ -110,7 +112,7 @@ async fn a_saturated_upstream_sheds_the_excess_at_once() {
         .start_extra_gateway(&[
             ("CART_URL", proxy.url.as_str()),
             ("UPSTREAM_MAX_IN_FLIGHT", "10"),
-            ("UPSTREAM_ADMISSION_WAIT_MS", "100"),
+            ("UPSTREAM_ADMISSION_WAIT_MS", "200"),
         ])
         .await;
     let guest = p.start_guest_session().await;
@@ -144,7 +146,7 @@ async fn a_saturated_upstream_sheds_the_excess_at_once() {
     assert_eq!(shed.len(), 21);
     for took in &shed {
         assert!(
-            *took < Duration::from_millis(400),
+            *took < Duration::from_millis(600),
             "shed after {took:?}, not at once"
         );
     }
@@ -179,6 +181,7 @@ async fn only_requests_safe_to_repeat_are_retried_once() {
         .start_extra_gateway(&[
             ("CART_URL", proxy.url.as_str()),
             ("UPSTREAM_TIMEOUT_MS", "200"),
+            ("UPSTREAM_READ_TIMEOUT_MS", "200"),
         ])
         .await;
     let guest = p.start_guest_session().await;

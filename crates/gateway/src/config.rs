@@ -11,6 +11,9 @@ pub struct Config {
     pub auth_url: String,
     pub jwt: crate::jwt::JwtSettings,
     pub guard: crate::guard::GuardSettings,
+    /// Response timeout of cart reads (writes and every other call use
+    /// `UPSTREAM_TIMEOUT_MS`): a read is cheap and retried, so it may give up sooner.
+    pub read_timeout: Duration,
     pub redis: svc_kit::datastores::RedisSettings,
     pub rate_limit: Option<crate::edge::RateLimitSettings>,
     pub upstream: ClientSettings,
@@ -54,6 +57,7 @@ impl Config {
                 cooldown: e.millis("UPSTREAM_BREAKER_COOLDOWN_MS", 2000, 10..=600_000),
                 budget_percent: e.int_in("UPSTREAM_RETRY_BUDGET_PERCENT", 10, 0..=100),
             },
+            read_timeout: e.millis("UPSTREAM_READ_TIMEOUT_MS", 2000, 10..=300_000),
             redis: svc_kit::datastores::RedisSettings::read(e),
             rate_limit: {
                 let enabled = e.bool("RATE_LIMIT_ENABLED", true);

@@ -761,8 +761,10 @@ pub struct GatewayTimeout(pub Problem);
 #[response(content_type = "application/problem+json")]
 pub struct EmailTaken(pub Problem);
 
-/// `login-throttled`: too many failed logins for this account; retry after
-/// `Retry-After` seconds (even with the right password).
+/// `rate-limited`: this client sent more than its rate limit (see `RateLimit` and
+/// `RateLimit-Policy`); or, on login, `login-throttled`: too many failed logins for this
+/// account (even the right password is refused until then). Retry after `Retry-After`
+/// seconds.
 #[derive(ToResponse)]
 #[response(content_type = "application/problem+json", headers(("Retry-After")))]
 pub struct TooManyRequests(pub Problem);
@@ -910,6 +912,20 @@ impl Modify for Conventions {
         );
         let names: Vec<&str> = shared.iter().map(|(name, _)| *name).collect();
 
+        // Every API operation can be rate limited (the `edge` middleware runs before
+        // any handler).
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if path.starts_with("/api/") {
+                for op in operations(item) {
+                    op.responses
+                        .responses
+                        .entry("429".to_owned())
+                        .or_insert_with(|| {
+                            RefOr::Ref(Ref::new("#/components/responses/TooManyRequests"))
+                        });
+                }
+            }
+        }
         let mut ops: Vec<&mut Operation> =
             doc.paths.paths.values_mut().flat_map(operations).collect();
         for op in &mut ops {

@@ -532,7 +532,11 @@ fn cart_request(
     body: actix_web::web::Bytes,
 ) -> reqwest::RequestBuilder {
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let read = method == reqwest::Method::GET;
     let mut out = st.carts.request(method, path, rid);
+    if read {
+        out = out.timeout(st.cfg.read_timeout);
+    }
     for (name, value) in req.headers() {
         if forwardable(name) {
             out = out.header(name.as_str(), value.as_bytes());

@@ -82,7 +82,8 @@ gateway:
   name: gateway
   listenVar: GATEWAY_LISTEN
   postgres: false
-  redis: false
+  # Rate-limit buckets.
+  redis: true
   migrates: false
 authSvc:
   name: auth-svc

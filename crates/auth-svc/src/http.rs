@@ -50,7 +50,7 @@ impl AuthMetrics {
                     .expect("static metric definition is valid"),
             )
         };
-        Self {
+        let m = Self {
             logins: counter(
                 "auth_logins_total",
                 "Login attempts, by result (ok, failed, throttled, shed).",
@@ -63,7 +63,18 @@ impl AuthMetrics {
                 "auth_refreshes_total",
                 "Refresh-token exchanges, by result (ok, invalid, reused).",
             ),
+        };
+        // Every series exists from the start, so rates and alerts see 0, not nothing.
+        for r in ["ok", "failed", "throttled", "shed"] {
+            m.logins.with_label_values(&[r]);
         }
+        for r in ["created", "duplicate", "shed"] {
+            m.registrations.with_label_values(&[r]);
+        }
+        for r in ["ok", "invalid", "reused"] {
+            m.refreshes.with_label_values(&[r]);
+        }
+        m
     }
 }
 

@@ -208,9 +208,11 @@ impl Cache {
         if !self.allow() {
             return Err("circuit open".to_owned());
         }
-        let result = tokio::time::timeout(self.timeout, work)
-            .await
-            .unwrap_or_else(|_| Err("timed out".to_owned()));
+        let span = tracing::info_span!("redis", otel.kind = "client", db.system = "redis");
+        let result =
+            tokio::time::timeout(self.timeout, tracing::Instrument::instrument(work, span))
+                .await
+                .unwrap_or_else(|_| Err("timed out".to_owned()));
         match &result {
             Ok(_) => self.succeeded(),
             Err(e) => self.failed(e),

@@ -350,7 +350,9 @@ async fn within_deadline<T>(
     st: &AppState,
     work: impl Future<Output = Result<T, Problem>>,
 ) -> Result<T, Problem> {
-    match tokio::time::timeout(st.db_deadline, work).await {
+    // One span for the request's whole unit of work in Postgres.
+    let span = tracing::info_span!("postgres", otel.kind = "client", db.system = "postgresql");
+    match tokio::time::timeout(st.db_deadline, tracing::Instrument::instrument(work, span)).await {
         Ok(result) => result,
         Err(_) => {
             tracing::warn!(

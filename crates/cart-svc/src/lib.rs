@@ -47,7 +47,7 @@ pub struct MergeMetrics {
 
 impl MergeMetrics {
     pub fn new(m: &Metrics) -> Self {
-        Self {
+        let this = Self {
             merges: m.register(
                 &IntCounterVec::new(
                     Opts::new(
@@ -68,7 +68,15 @@ impl MergeMetrics {
                 )
                 .expect("static metric definition is valid"),
             ),
+        };
+        // Every series exists from the start, so rates see 0, not nothing.
+        for r in ["nothing", "adopted", "merged"] {
+            this.merges.with_label_values(&[r]);
         }
+        for o in ["merged", "dropped", "capped"] {
+            this.lines.with_label_values(&[o]);
+        }
+        this
     }
 
     pub fn record(&self, r: &store::MergeResult) {

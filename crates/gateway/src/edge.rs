@@ -139,7 +139,7 @@ impl RateLimiter {
         metrics: &Metrics,
     ) -> Self {
         let valid = "static metric definition is valid";
-        Self {
+        let this = Self {
             settings,
             redis,
             prefix,
@@ -165,7 +165,13 @@ impl RateLimiter {
                 )
                 .expect(valid),
             ),
+        };
+        // Every series exists from the start, so rates and alerts see 0, not nothing.
+        for p in [settings.client.name, settings.auth.name] {
+            this.limited.with_label_values(&[p]);
+            this.fallback.with_label_values(&[p]);
         }
+        this
     }
 
     fn since_epoch_us(&self) -> u64 {

@@ -185,6 +185,18 @@ impl Guard {
     pub fn new(name: &'static str, settings: GuardSettings, metrics: GuardMetrics) -> Arc<Self> {
         metrics.breaker_open.with_label_values(&[name]).set(0);
         metrics.in_flight.with_label_values(&[name]).set(0);
+        // Every series exists from the start, so rates and alerts see 0, not nothing.
+        for reason in ["full", "breaker_open"] {
+            for p in [Priority::Critical, Priority::Normal, Priority::Low] {
+                metrics.shed.with_label_values(&[name, reason, p.as_str()]);
+            }
+        }
+        for result in ["sent", "denied_by_budget"] {
+            metrics.retries.with_label_values(&[name, result]);
+        }
+        for outcome in ["answered", "connect_error", "timeout", "error"] {
+            metrics.calls.with_label_values(&[name, outcome]);
+        }
         Arc::new(Self {
             name,
             settings,

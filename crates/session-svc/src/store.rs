@@ -184,7 +184,8 @@ impl Store {
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, SessionError> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        let span = tracing::info_span!("redis", otel.kind = "client", db.system = "redis");
+        match tokio::time::timeout(self.timeout, tracing::Instrument::instrument(fut, span)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(SessionError::Unavailable(e.to_string())),
             Err(_) => Err(SessionError::Unavailable("timed out".to_owned())),

@@ -42,12 +42,32 @@ pub async fn observe(
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let method = req.method().clone();
 
-    let trace = crate::trace::TraceContext::continue_from(
+    let mut trace = crate::trace::TraceContext::continue_from(
         req.headers()
             .get("traceparent")
             .and_then(|v| v.to_str().ok()),
     );
-    let span = tracing::info_span!("request", request_id = %request_id, trace_id = %trace.trace_id, method = %method, route = tracing::field::Empty);
+    // The route template, as the router will match it (never the raw path: span names
+    // are grouped by it).
+    let otel_name = format!(
+        "{method} {}",
+        req.match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned())
+    );
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %otel_name,
+        otel.kind = "server",
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        method = %method,
+        route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    trace.attach(&span);
+    span.record("trace_id", trace.trace_id.as_str());
+    span.record("span_id", trace.span_id.as_str());
     let result = trace.scope(next.call(req).instrument(span.clone())).await;
     let res = match result {
         Ok(res) => res.map_into_boxed_body(),
@@ -61,6 +81,7 @@ pub async fn observe(
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
     span.record("route", route.as_str());
+    span.record("http.response.status_code", status_code_of(&res));
     let status = res.status();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         res.headers_mut()
@@ -81,6 +102,10 @@ pub async fn observe(
         );
     });
     Ok(res)
+}
+
+fn status_code_of(res: &ServiceResponse<BoxBody>) -> u16 {
+    res.status().as_u16()
 }
 
 /// Replaces a non-problem error body (the framework's plain-text 404/405/400s) with a

@@ -101,6 +101,8 @@ pub async fn wait_for_stop_signal() {
 /// The process exit code for a service's result, logging the failure (with its whole
 /// cause chain) as the last line.
 pub fn exit_code(service: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    // Off the async thread: flushing blocks until the last spans are exported.
+    let _ = std::thread::spawn(crate::telemetry::shutdown).join();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

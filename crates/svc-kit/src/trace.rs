@@ -14,6 +14,8 @@ pub struct TraceContext {
     pub span_id: String,
     /// The flags byte (`01` = sampled).
     pub flags: String,
+    /// The caller's span, when a valid `traceparent` came in.
+    pub parent_id: Option<String>,
 }
 
 tokio::task_local! {
@@ -51,6 +53,7 @@ impl TraceContext {
                         trace_id: (*trace_id).to_owned(),
                         span_id,
                         flags: flags.to_ascii_lowercase(),
+                        parent_id: Some((*parent).to_owned()),
                     };
                 }
             }
@@ -59,12 +62,48 @@ impl TraceContext {
             trace_id: hex_of(&rand::random::<[u8; 16]>()),
             span_id,
             flags: "01".to_owned(),
+            parent_id: None,
         }
     }
 
     /// The `traceparent` naming this service's span as the parent.
     pub fn header(&self) -> String {
         format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+    }
+
+    /// Makes `span` (a request's span) continue this trace in OpenTelemetry when traces
+    /// are exported, and takes the ids OpenTelemetry gave it, so logs, exported spans and
+    /// the `traceparent` sent onwards all name the same span.
+    pub fn attach(&mut self, span: &tracing::Span) {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        };
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        if !crate::telemetry::tracing_enabled() {
+            return;
+        }
+        if let Some(parent) = &self.parent_id {
+            let ids = (TraceId::from_hex(&self.trace_id), SpanId::from_hex(parent));
+            if let (Ok(trace_id), Ok(span_id)) = ids {
+                let flags = u8::from_str_radix(&self.flags, 16).unwrap_or(1);
+                let remote = SpanContext::new(
+                    trace_id,
+                    span_id,
+                    TraceFlags::new(flags),
+                    true,
+                    TraceState::default(),
+                );
+                let _ =
+                    span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+            }
+        }
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        if sc.is_valid() {
+            self.trace_id = sc.trace_id().to_string();
+            self.span_id = sc.span_id().to_string();
+            self.flags = format!("{:02x}", sc.trace_flags().to_u8());
+        }
     }
 
     /// Runs `fut` with this context as the current one.

@@ -127,6 +127,7 @@ pub async fn run() -> anyhow::Result<()> {
     }
     let pool = cfg.pg.pool()?;
     let metrics = Metrics::new("auth-svc");
+    metrics.watch_pg_pool(pool.clone(), cfg.pg.max_connections);
     let readiness = Readiness::new(vec![Check::postgres(pool.clone())]);
     let state = web::Data::new(AppState {
         pool: pool.clone(),

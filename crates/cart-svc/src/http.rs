@@ -273,6 +273,12 @@ async fn mutate(
                 },
                 Work::Batch { base_version, ops } => {
                     let outcome = tx.apply_offline(base_version, ops, &st.limits).await?;
+                    for r in &outcome.results {
+                        st.merge_metrics
+                            .offline_ops
+                            .with_label_values(&[r.status.as_str()])
+                            .inc();
+                    }
                     Rendered::ops(snapshot(&tx.cart), &outcome)
                 }
             },
@@ -301,7 +307,10 @@ async fn mutate(
     // Outside the deadline: once committed, the change is acknowledged whatever the
     // cache does.
     match committed {
-        Committed::Replay(stored) => Ok(replay(stored)),
+        Committed::Replay(stored) => {
+            st.merge_metrics.replays.inc();
+            Ok(replay(stored))
+        }
         Committed::Fresh {
             rendered,
             changed_cart,

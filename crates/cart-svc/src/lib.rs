@@ -39,10 +39,13 @@ pub struct AppState {
     pub merge_metrics: MergeMetrics,
 }
 
-/// Merges at login, by result, and the guest lines they moved or dropped.
+/// Merges at login (by result) and the guest lines they moved or dropped; idempotent
+/// replays; offline ops by status.
 pub struct MergeMetrics {
     merges: IntCounterVec,
     lines: IntCounterVec,
+    pub replays: prometheus::IntCounter,
+    pub offline_ops: IntCounterVec,
 }
 
 impl MergeMetrics {
@@ -68,7 +71,27 @@ impl MergeMetrics {
                 )
                 .expect("static metric definition is valid"),
             ),
+            replays: m.register(
+                &prometheus::IntCounter::new(
+                    "cart_idempotent_replays_total",
+                    "Requests answered with the stored outcome of their Idempotency-Key.",
+                )
+                .expect("static metric definition is valid"),
+            ),
+            offline_ops: m.register(
+                &IntCounterVec::new(
+                    Opts::new(
+                        "cart_offline_ops_total",
+                        "Offline ops processed, by status (applied, duplicate, conflict, rejected).",
+                    ),
+                    &["status"],
+                )
+                .expect("static metric definition is valid"),
+            ),
         };
+        for s in ["applied", "duplicate", "conflict", "rejected"] {
+            this.offline_ops.with_label_values(&[s]);
+        }
         // Every series exists from the start, so rates see 0, not nothing.
         for r in ["nothing", "adopted", "merged"] {
             this.merges.with_label_values(&[r]);
@@ -112,10 +135,13 @@ pub async fn run() -> anyhow::Result<()> {
     }
     let pool = cfg.pg.pool()?;
     let metrics = Metrics::new("cart-svc");
+    metrics.watch_pg_pool(pool.clone(), cfg.pg.max_connections);
+    let redis = cfg.redis.pool()?;
+    metrics.watch_redis_pool(redis.clone());
     let readiness = Readiness::new(vec![Check::postgres(pool.clone())]);
     // Redis is not a readiness check: carts are served from Postgres while it is down.
     let cache = Cache::new(
-        cfg.redis.pool()?,
+        redis,
         cfg.redis.key_prefix.clone(),
         cfg.cache_ttl_secs,
         cfg.redis.timeout,

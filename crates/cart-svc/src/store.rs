@@ -43,6 +43,9 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        if matches!(e, sqlx::Error::PoolTimedOut) {
+            svc_kit::metrics::pool_timed_out();
+        }
         let transient = match &e {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
             // 57014: statement timeout; 53300: too many connections; 57P0x: shutdown.

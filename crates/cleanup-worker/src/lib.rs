@@ -24,6 +24,7 @@ pub async fn run() -> anyhow::Result<()> {
     let pg = cfg.pg.pool()?;
     let redis = cfg.redis.pool()?;
     let metrics = Metrics::new("cleanup-worker");
+    metrics.watch_pg_pool(pg.clone(), cfg.pg.max_connections);
     // Readiness is about the datastores only: a replica waiting for the lock is a
     // healthy standby (`cleanup_lock_held` tells which one works).
     let readiness = Readiness::new(vec![

@@ -42,6 +42,7 @@ pub async fn run() -> anyhow::Result<()> {
     let cfg = Config::read(Env::from_process())?;
     let pool = cfg.redis.pool()?;
     let metrics = Metrics::new("session-svc");
+    metrics.watch_redis_pool(pool.clone());
     let readiness = Readiness::new(vec![Check::redis(pool.clone())]);
     let state = web::Data::new(AppState {
         store: Store::new(

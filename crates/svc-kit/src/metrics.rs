@@ -11,6 +11,15 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     10.0,
 ];
 
+static PG_TIMEOUTS: std::sync::OnceLock<prometheus::IntCounter> = std::sync::OnceLock::new();
+
+/// Counts a Postgres pool acquisition that timed out (see [`Metrics::watch_pg_pool`]).
+pub fn pool_timed_out() {
+    if let Some(c) = PG_TIMEOUTS.get() {
+        c.inc();
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     /// Labels: `http_request_method`, `http_route` (the route *template*),
@@ -70,6 +79,67 @@ impl Metrics {
             .register(Box::new(c.clone()))
             .expect("metric names are unique within a service");
         c.clone()
+    }
+
+    /// Pool saturation gauges for a Postgres pool (`db_pool_connections{state}`,
+    /// `db_pool_max_connections`), sampled every second by a background task, and the
+    /// counter of acquisitions that timed out (`db_pool_acquire_timeouts_total`, fed by
+    /// [`pool_timed_out`]).
+    pub fn watch_pg_pool(&self, pool: sqlx::PgPool, max: u32) {
+        let valid = "static metric definition is valid";
+        let conns = self.register(
+            &IntGaugeVec::new(
+                Opts::new("db_pool_connections", "Postgres pool connections, by state (idle, in_use)."),
+                &["state"],
+            )
+            .expect(valid),
+        );
+        let max_gauge = self.register(
+            &prometheus::IntGauge::new("db_pool_max_connections", "Postgres pool size limit.")
+                .expect(valid),
+        );
+        max_gauge.set(i64::from(max));
+        let timeouts = self.register(
+            &prometheus::IntCounter::new(
+                "db_pool_acquire_timeouts_total",
+                "Postgres connections not obtained within DATABASE_ACQUIRE_TIMEOUT_MS.",
+            )
+            .expect(valid),
+        );
+        let _ = PG_TIMEOUTS.set(timeouts);
+        tokio::spawn(async move {
+            loop {
+                let size = i64::from(pool.size());
+                let idle = i64::try_from(pool.num_idle()).unwrap_or(0);
+                conns.with_label_values(&["idle"]).set(idle);
+                conns.with_label_values(&["in_use"]).set((size - idle).max(0));
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Pool saturation gauges for a Redis pool (`redis_pool_connections{state}`).
+    pub fn watch_redis_pool(&self, pool: deadpool_redis::Pool) {
+        let conns = self.register(
+            &IntGaugeVec::new(
+                Opts::new(
+                    "redis_pool_connections",
+                    "Redis pool connections, by state (available, in_use).",
+                ),
+                &["state"],
+            )
+            .expect("static metric definition is valid"),
+        );
+        tokio::spawn(async move {
+            loop {
+                let st = pool.status();
+                let available = i64::try_from(st.available).unwrap_or(0);
+                let size = i64::try_from(st.size).unwrap_or(0);
+                conns.with_label_values(&["available"]).set(available);
+                conns.with_label_values(&["in_use"]).set((size - available).max(0));
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
     }
 
     /// The text exposition of every registered metric.

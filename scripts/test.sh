@@ -16,6 +16,7 @@ Runs, failing fast:
   3. throwaway Postgres and Redis on free ports (unless DATABASE_URL / REDIS_URL are set)
   4. cargo build --workspace --bins                         (SQLX_OFFLINE=true)
   5. cargo nextest run --workspace --no-fail-fast           (or cargo test if nextest is missing)
+  6. scripts/check-api-contract.sh: schemathesis against the gateway's /openapi.json
 
 Arguments are passed to the test runner, e.g.
   scripts/test.sh -E 'test(guest)'      # a nextest filter expression
@@ -173,6 +174,12 @@ step_tests() {
     fi
 }
 
+# The public API against the OpenAPI document the gateway serves (schemathesis), on the
+# binaries of step 4 and the datastores of step 3 (a fresh database of its own).
+step_api_contract() {
+    bash "$ROOT/scripts/check-api-contract.sh" --no-build
+}
+
 # run_step TITLE FUNCTION: print a header, run the step, time it. A failing
 # step ends the script (set -e); the EXIT trap names it and cleans up.
 STEP_NO=0
@@ -207,4 +214,5 @@ run_step "observability (scripts/check-observability.sh)" step_observability
 run_step "datastores" step_datastores
 run_step "cargo build (bins)" step_build
 run_step "tests" step_tests
+run_step "API contract (scripts/check-api-contract.sh)" step_api_contract
 # Later checks: add `step_NAME() { ...; }` above and a `run_step "title" step_NAME` line here.

@@ -118,9 +118,23 @@ impl Store {
         &self.pool
     }
 
+    /// A pooled connection; the wait for it is measured (pool saturation shows there
+    /// first).
+    async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Postgres>, StoreError> {
+        let started = std::time::Instant::now();
+        let conn = self.pool.acquire().await;
+        svc_kit::metrics::pool_waited(started.elapsed());
+        Ok(conn?)
+    }
+
+    async fn begin_tx(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let conn = self.acquire().await?;
+        Ok(Transaction::begin(conn, None).await?)
+    }
+
     /// The caller's cart; an empty one if nothing was written yet.
     pub async fn read(&self, caller: &Caller) -> Result<Cart, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.acquire().await?;
         let row = match caller {
             Caller::Guest { cart_id, .. } => {
                 // A guest cart merged at login answers with the cart it went into.
@@ -152,7 +166,7 @@ impl Store {
             // A user's cart gets its id on first sight, so every device reads the same id
             // even before anything is added.
             (None, Caller::User { user_id }) => {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_tx().await?;
                 let row = lock_user_cart(&mut tx, *user_id, now()).await?;
                 let cart = load_lines(&mut tx, row, caller).await?;
                 tx.commit().await?;
@@ -171,7 +185,7 @@ impl Store {
         idempotency_key: Option<&str>,
     ) -> Result<CartTx, StoreError> {
         let now = now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_tx().await?;
         if let Some(key) = idempotency_key {
             let scope = match caller {
                 Caller::Guest { cart_id, .. } => format!("cart:{cart_id}:{key}"),
@@ -265,7 +279,7 @@ impl Store {
         limits: &Limits,
     ) -> Result<Merged, StoreError> {
         let now = now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_tx().await?;
         // Two logins of one user (two devices at once) merge one after the other.
         let scope = format!("merge:{user_id}");
         sqlx::query!(

@@ -13,6 +13,15 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 static PG_TIMEOUTS: std::sync::OnceLock<prometheus::IntCounter> = std::sync::OnceLock::new();
 
+static PG_WAIT: std::sync::OnceLock<prometheus::Histogram> = std::sync::OnceLock::new();
+
+/// Records how long a request waited for a pooled Postgres connection.
+pub fn pool_waited(d: std::time::Duration) {
+    if let Some(h) = PG_WAIT.get() {
+        h.observe(d.as_secs_f64());
+    }
+}
+
 /// Counts a Postgres pool acquisition that timed out (see [`Metrics::watch_pg_pool`]).
 pub fn pool_timed_out() {
     if let Some(c) = PG_TIMEOUTS.get() {
@@ -107,6 +116,17 @@ impl Metrics {
             .expect(valid),
         );
         let _ = PG_TIMEOUTS.set(timeouts);
+        let wait = self.register(
+            &prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "db_pool_acquire_wait_seconds",
+                    "Time waited for a pooled Postgres connection (where the service measures it: cart-svc's requests).",
+                )
+                .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+            )
+            .expect(valid),
+        );
+        let _ = PG_WAIT.set(wait);
         tokio::spawn(async move {
             loop {
                 let size = i64::from(pool.size());

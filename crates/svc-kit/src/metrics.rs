@@ -98,7 +98,10 @@ impl Metrics {
         let valid = "static metric definition is valid";
         let conns = self.register(
             &IntGaugeVec::new(
-                Opts::new("db_pool_connections", "Postgres pool connections, by state (idle, in_use)."),
+                Opts::new(
+                    "db_pool_connections",
+                    "Postgres pool connections, by state (idle, in_use).",
+                ),
                 &["state"],
             )
             .expect(valid),
@@ -132,7 +135,9 @@ impl Metrics {
                 let size = i64::from(pool.size());
                 let idle = i64::try_from(pool.num_idle()).unwrap_or(0);
                 conns.with_label_values(&["idle"]).set(idle);
-                conns.with_label_values(&["in_use"]).set((size - idle).max(0));
+                conns
+                    .with_label_values(&["in_use"])
+                    .set((size - idle).max(0));
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         });
@@ -156,7 +161,9 @@ impl Metrics {
                 let available = i64::try_from(st.available).unwrap_or(0);
                 let size = i64::try_from(st.size).unwrap_or(0);
                 conns.with_label_values(&["available"]).set(available);
-                conns.with_label_values(&["in_use"]).set((size - available).max(0));
+                conns
+                    .with_label_values(&["in_use"])
+                    .set((size - available).max(0));
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         });

@@ -213,6 +213,11 @@ impl Cache {
             tokio::time::timeout(self.timeout, tracing::Instrument::instrument(work, span))
                 .await
                 .unwrap_or_else(|_| Err("timed out".to_owned()));
+        svc_kit::metrics::redis_call(match &result {
+            Ok(_) => "ok",
+            Err(e) if e == "timed out" => "timeout",
+            Err(_) => "error",
+        });
         match &result {
             Ok(_) => self.succeeded(),
             Err(e) => self.failed(e),

@@ -186,9 +186,18 @@ impl Store {
     ) -> Result<T, SessionError> {
         let span = tracing::info_span!("redis", otel.kind = "client", db.system = "redis");
         match tokio::time::timeout(self.timeout, tracing::Instrument::instrument(fut, span)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(SessionError::Unavailable(e.to_string())),
-            Err(_) => Err(SessionError::Unavailable("timed out".to_owned())),
+            Ok(Ok(v)) => {
+                svc_kit::metrics::redis_call("ok");
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                svc_kit::metrics::redis_call("error");
+                Err(SessionError::Unavailable(e.to_string()))
+            }
+            Err(_) => {
+                svc_kit::metrics::redis_call("timeout");
+                Err(SessionError::Unavailable("timed out".to_owned()))
+            }
         }
     }
 

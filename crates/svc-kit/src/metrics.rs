@@ -13,6 +13,16 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 static PG_TIMEOUTS: std::sync::OnceLock<prometheus::IntCounter> = std::sync::OnceLock::new();
 
+static REDIS_CALLS: std::sync::OnceLock<prometheus::IntCounterVec> = std::sync::OnceLock::new();
+
+/// Counts one Redis call by result (`ok`, `error`, `timeout`); see
+/// [`Metrics::count_redis_calls`].
+pub fn redis_call(result: &str) {
+    if let Some(c) = REDIS_CALLS.get() {
+        c.with_label_values(&[result]).inc();
+    }
+}
+
 static PG_WAIT: std::sync::OnceLock<prometheus::Histogram> = std::sync::OnceLock::new();
 
 /// Records how long a request waited for a pooled Postgres connection.
@@ -143,8 +153,27 @@ impl Metrics {
         });
     }
 
+    /// Registers `redis_calls_total{result}`, fed by [`redis_call`].
+    pub fn count_redis_calls(&self) {
+        let c = self.register(
+            &prometheus::IntCounterVec::new(
+                Opts::new(
+                    "redis_calls_total",
+                    "Redis calls, by result (ok, error, timeout).",
+                ),
+                &["result"],
+            )
+            .expect("static metric definition is valid"),
+        );
+        for r in ["ok", "error", "timeout"] {
+            c.with_label_values(&[r]);
+        }
+        let _ = REDIS_CALLS.set(c);
+    }
+
     /// Pool saturation gauges for a Redis pool (`redis_pool_connections{state}`).
     pub fn watch_redis_pool(&self, pool: deadpool_redis::Pool) {
+        self.count_redis_calls();
         let conns = self.register(
             &IntGaugeVec::new(
                 Opts::new(

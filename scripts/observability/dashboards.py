@@ -278,6 +278,35 @@ def merges(b: Board, inst: str = "") -> None:
         description="dropped or capped lines hit the cart's limits: customers lose items they chose as guests.")
 
 
+def pools(b: Board, jobs: str, inst: str = "") -> None:
+    """Saturation of the datastore pools: what runs out first under a spike."""
+    sel = f'job=~"{jobs}"{inst}'
+    b.row("Datastore pools")
+    b.panel("Postgres connections in use / max", [
+        (f'sum by (job) (db_pool_connections{{{sel}, state="in_use"}})', "{{job}} in use"),
+        (f"sum by (job) (db_pool_max_connections{{{sel}}})", "{{job}} max"),
+    ], "short", description="In use near max means requests queue for a connection (see the wait).")
+    b.panel("Postgres connection wait p99 and timeouts", [
+        (f"histogram_quantile(0.99, sum by (le, job) (rate(db_pool_acquire_wait_seconds_bucket{{{sel}}}[{RI}])))", "{{job}} wait p99"),
+        (f"sum by (job) (rate(db_pool_acquire_timeouts_total{{{sel}}}[{RI}]))", "{{job}} timeouts/s"),
+    ], "s", description="Timeouts are answered 503 + Retry-After (cart-svc).")
+    b.panel("Redis connections in use", [
+        (f'sum by (job) (redis_pool_connections{{{sel}, state="in_use"}})', "{{job}} in use"),
+    ], "short")
+    b.panel("Redis calls by result", [
+        (f"sum by (job, result) (rate(redis_calls_total{{{sel}}}[{RI}]))", "{{job}} {{result}}"),
+    ], "ops", description="error and timeout: sessions answer 503; the cart cache falls back to Postgres.")
+
+
+def cart_ops(b: Board, inst: str = "") -> None:
+    sel = f'job="cart-svc"{inst}'
+    b.row("Retries and offline sync (cart-svc)")
+    b.panel("Idempotent replays", [(f"sum(rate(cart_idempotent_replays_total{{{sel}}}[{RI}]))", "replays")], "ops",
+            description="Requests answered with the stored outcome of their Idempotency-Key: clients retrying.")
+    b.panel("Offline ops by status", [(f"sum by (status) (rate(cart_offline_ops_total{{{sel}}}[{RI}]))", "{{status}}")], "ops",
+            description="duplicate = a replayed op id (harmless); conflict/rejected = changes not applied, reported to the client.")
+
+
 def cleanup(b: Board, inst: str = "", full: bool = False) -> None:
     sel = f'job="cleanup-worker"{inst}'
     b.row("Cleanup (cleanup-worker)")
@@ -327,6 +356,8 @@ def overview() -> None:
     sessions(b)
     auth(b)
     merges(b)
+    cart_ops(b)
+    pools(b, "auth-svc|session-svc|cart-svc|cleanup-worker")
     cleanup(b)
     b.dump("cart-platform-overview", "cart-platform: overview",
            "Health at a glance: traffic, errors, latency, SLO burn, upstreams, saturation, cache, sessions, "
@@ -345,10 +376,13 @@ def per_service(job: str) -> None:
     if job == "cart-svc":
         cache(b, inst)
         merges(b, inst)
+        cart_ops(b, inst)
     if job == "session-svc":
         sessions(b, inst)
     if job == "cleanup-worker":
         cleanup(b, inst, full=True)
+    if job != "gateway":
+        pools(b, job, inst)
     process(b, job, inst)
     b.dump(f"cart-platform-{job}", f"cart-platform: {job}", f"{job}: requests, latency, its own metrics, process.", job)
 

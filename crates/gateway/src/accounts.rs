@@ -364,7 +364,12 @@ pub(crate) async fn refresh(
         let problem: Value = res.json().await.unwrap_or_default();
         if let Some(sid) = problem.get("revoked_sid").and_then(Value::as_str) {
             tracing::warn!("refresh token reuse: ending its session");
-            revoke_session_id(&st, sid, rid).await;
+            if let Err(p) = revoke_session_id(&st, sid, rid).await {
+                tracing::warn!(
+                    status = p.status,
+                    "could not end the session of a reused token"
+                );
+            }
         }
         return Err(Problem::unauthorized(
             "the refresh token is unknown, expired, revoked or already used",
@@ -406,8 +411,9 @@ pub(crate) async fn refresh(
         })))
 }
 
-async fn revoke_session_id(st: &AppState, sid: &str, rid: Option<&str>) {
-    if let Err(p) = call(
+/// Ends a user session by its id; one already gone counts as ended.
+async fn revoke_session_id(st: &AppState, sid: &str, rid: Option<&str>) -> Result<(), Problem> {
+    let res = call(
         st,
         &st.sessions,
         Priority::Normal,
@@ -415,9 +421,13 @@ async fn revoke_session_id(st: &AppState, sid: &str, rid: Option<&str>) {
         &json!({ "session_id": sid }),
         rid,
     )
-    .await
-    {
-        tracing::warn!(status = p.status, "could not end a session");
+    .await?;
+    match res.status().as_u16() {
+        204 | 404 => Ok(()),
+        status => {
+            tracing::warn!(status, "session-svc refused a revoke");
+            Err(Problem::unavailable(1))
+        }
     }
 }
 
@@ -476,22 +486,7 @@ pub async fn end_user_session(
         tracing::warn!(status = res.status().as_u16(), "auth-svc refused a logout");
         return Err(Problem::unavailable(1));
     }
-    let res = call(
-        st,
-        &st.sessions,
-        Priority::Normal,
-        "/internal/v1/sessions/revoke",
-        &json!({ "session_id": sid }),
-        rid,
-    )
-    .await?;
-    match res.status().as_u16() {
-        204 | 404 => Ok(()),
-        status => {
-            tracing::warn!(status, "session-svc refused a revoke");
-            Err(Problem::unavailable(1))
-        }
-    }
+    revoke_session_id(st, sid, rid).await
 }
 
 /// Public signing keys (JWKS)

@@ -159,6 +159,11 @@ pub struct Guard {
     budget: AtomicI64,
     epoch: Instant,
     metrics: GuardMetrics,
+    /// This upstream's series of the per-call metrics, looked up once rather than by
+    /// label on every call.
+    in_flight_gauge: prometheus::IntGauge,
+    duration: prometheus::Histogram,
+    answered: prometheus::IntCounter,
 }
 
 /// An admitted call's slot; frees it when dropped.
@@ -169,11 +174,7 @@ pub struct Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.guard.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.guard
-            .metrics
-            .in_flight
-            .with_label_values(&[self.guard.name])
-            .dec();
+        self.guard.in_flight_gauge.dec();
         self.guard.freed.notify_waiters();
     }
 }
@@ -197,7 +198,13 @@ impl Guard {
         for outcome in ["answered", "connect_error", "timeout", "error"] {
             metrics.calls.with_label_values(&[name, outcome]);
         }
+        let in_flight_gauge = metrics.in_flight.with_label_values(&[name]);
+        let duration = metrics.duration.with_label_values(&[name]);
+        let answered = metrics.calls.with_label_values(&[name, "answered"]);
         Arc::new(Self {
+            in_flight_gauge,
+            duration,
+            answered,
             name,
             settings,
             in_flight: AtomicUsize::new(0),
@@ -246,7 +253,7 @@ impl Guard {
                     .compare_exchange(current, current + 1, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
-                    self.metrics.in_flight.with_label_values(&[self.name]).inc();
+                    self.in_flight_gauge.inc();
                     return Ok(Admitted {
                         guard: Arc::clone(self),
                     });
@@ -349,16 +356,10 @@ impl Guard {
             let trial = self.breaker_allows(p)?;
             let started = Instant::now();
             let result = send().await;
-            self.metrics
-                .duration
-                .with_label_values(&[self.name])
-                .observe(started.elapsed().as_secs_f64());
+            self.duration.observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(res) => {
-                    self.metrics
-                        .calls
-                        .with_label_values(&[self.name, "answered"])
-                        .inc();
+                    self.answered.inc();
                     self.record(true, trial);
                     return Ok(res);
                 }

@@ -47,13 +47,18 @@ pub async fn observe(
             .get("traceparent")
             .and_then(|v| v.to_str().ok()),
     );
-    // The route template, as the router will match it (never the raw path: span names
-    // are grouped by it).
-    let otel_name = format!(
-        "{method} {}",
-        req.match_pattern()
-            .unwrap_or_else(|| "unmatched".to_owned())
-    );
+    // The exported span's name is the route template, as the router will match it
+    // (never the raw path: span names are grouped by it). Matching walks the routes, so
+    // it is done only when spans are exported.
+    let otel_name = if crate::telemetry::tracing_enabled() {
+        format!(
+            "{method} {}",
+            req.match_pattern()
+                .unwrap_or_else(|| "unmatched".to_owned())
+        )
+    } else {
+        String::new()
+    };
     let span = tracing::info_span!(
         "request",
         otel.name = %otel_name,

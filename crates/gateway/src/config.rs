@@ -31,7 +31,13 @@ impl Config {
     pub fn read(mut env: Env<'_>) -> Result<Self, ConfigError> {
         let e = &mut env;
         let cfg = Self {
-            common: Common::read(e, "GATEWAY_LISTEN", "127.0.0.1:8080"),
+            common: Common {
+                // Clients (browsers, apps) hold idle connections between a shopper's
+                // clicks; the operator sets how long the gateway keeps them.
+                keep_alive: e.secs("GATEWAY_KEEP_ALIVE_SECS", 75, 1..=3600),
+                reuseport: e.bool("GATEWAY_REUSEPORT", false),
+                ..Common::read(e, "GATEWAY_LISTEN", "127.0.0.1:8080")
+            },
             session_url: e.base_url("SESSION_URL", "http://127.0.0.1:8082"),
             cart_url: e.base_url("CART_URL", "http://127.0.0.1:8083"),
             auth_url: e.base_url("AUTH_URL", "http://127.0.0.1:8081"),

@@ -207,6 +207,11 @@ pub struct Common {
     /// routing here before connections are refused.
     pub shutdown_delay: Duration,
     pub workers: usize,
+    /// How long an idle keep-alive connection stays open. Not read from the environment
+    /// here: only the gateway faces clients that hold connections (GATEWAY_KEEP_ALIVE_SECS).
+    pub keep_alive: Duration,
+    /// Share the listening port with other processes (SO_REUSEPORT); gateway only.
+    pub reuseport: bool,
 }
 
 impl Common {
@@ -222,6 +227,8 @@ impl Common {
             shutdown_drain: env.secs("SHUTDOWN_DRAIN_SECS", 10, 0..=600),
             shutdown_delay: env.millis("SHUTDOWN_DELAY_MS", 0, 0..=60_000),
             workers: env.int_in("HTTP_WORKERS", cores, 1..=256),
+            keep_alive: Duration::from_secs(75),
+            reuseport: false,
         }
     }
 }

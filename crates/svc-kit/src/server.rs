@@ -47,12 +47,10 @@ where
     // Longer than any client's idle-connection timeout (ours is 30 s, see
     // `internal::http_client`): the client must always be the side that closes an idle
     // keep-alive connection, or it may send a request on a socket the server is closing.
-    .keep_alive(std::time::Duration::from_secs(75))
+    .keep_alive(svc.common.keep_alive)
     .disable_signals()
     .shutdown_timeout(svc.common.shutdown_drain.as_secs())
-    .backlog(4096)
-    .bind(svc.common.listen)
-    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", svc.common.listen))?;
+    .listen(listener(svc.common.listen, svc.common.reuseport)?)?;
 
     for addr in server.addrs() {
         tracing::info!(service = svc.name, %addr, "listening");
@@ -72,6 +70,28 @@ where
     server.await?;
     tracing::info!(service = svc.name, "stopped");
     Ok(())
+}
+
+/// The listening socket. With `reuseport`, several processes can listen on one port and
+/// the kernel spreads connections over them: past ~20,000 open connections one process
+/// runs out of file descriptors, and a machine's share of a sale spike needs several.
+fn listener(addr: std::net::SocketAddr, reuseport: bool) -> anyhow::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let fail = |e: std::io::Error| anyhow::anyhow!("cannot listen on {addr}: {e}");
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    #[cfg(unix)]
+    if reuseport {
+        socket.set_reuse_port(true).map_err(fail)?;
+    }
+    #[cfg(not(unix))]
+    if reuseport {
+        anyhow::bail!("cannot listen on {addr}: SO_REUSEPORT needs a Unix system");
+    }
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(4096).map_err(fail)?;
+    Ok(socket.into())
 }
 
 /// Resolves on SIGTERM (Kubernetes, systemd, scripts/up.sh) or SIGINT (Ctrl-C).

@@ -1,0 +1,171 @@
+//! The shoppers a run acts as: users seeded in advance (`loadtest seed`, one JSON line
+//! each) and guests whose sessions the run itself starts.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use anyhow::Context;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// One line of a pool file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeededUser {
+    pub user_id: String,
+    pub email: String,
+    pub password: String,
+    pub cart_id: String,
+    pub session_id: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+pub struct User {
+    pub email: String,
+    pub password: String,
+    pub cart_id: String,
+    access: Mutex<String>,
+    refresh: Mutex<String>,
+    /// A refresh token works once: two concurrent refreshes of one user would look like
+    /// token theft and revoke the family, so one at a time.
+    refreshing: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl User {
+    pub fn access(&self) -> String {
+        lock(&self.access).clone()
+    }
+
+    pub fn refresh_token(&self) -> String {
+        lock(&self.refresh).clone()
+    }
+
+    pub fn set_tokens(&self, access: String, refresh: String) {
+        *lock(&self.access) = access;
+        *lock(&self.refresh) = refresh;
+    }
+
+    pub fn try_begin_refresh(&self) -> bool {
+        !self.refreshing.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn end_refresh(&self) {
+        self.refreshing.store(false, Ordering::Release);
+    }
+}
+
+pub struct Users(Vec<User>);
+
+impl Users {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let f = std::fs::File::open(path)
+            .with_context(|| format!("cannot open the pool file {}", path.display()))?;
+        let mut users = Vec::new();
+        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let s: SeededUser = serde_json::from_str(&line)
+                .with_context(|| format!("{} line {}", path.display(), i + 1))?;
+            users.push(User {
+                email: s.email,
+                password: s.password,
+                cart_id: s.cart_id,
+                access: Mutex::new(s.access_token),
+                refresh: Mutex::new(s.refresh_token),
+                refreshing: AtomicBool::new(false),
+            });
+        }
+        Ok(Self(users))
+    }
+
+    pub fn empty() -> Self {
+        Self(Vec::new())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn get(&self, i: usize) -> Option<&User> {
+        self.0.get(i)
+    }
+
+    pub fn random(&self) -> Option<&User> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0.get(rand::rng().random_range(0..self.0.len()))
+    }
+}
+
+pub fn write_lines(path: &Path, users: &[SeededUser]) -> anyhow::Result<()> {
+    let f = std::fs::File::create(path)
+        .with_context(|| format!("cannot create the pool file {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    for u in users {
+        serde_json::to_writer(&mut w, u)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct Guest {
+    pub session_token: String,
+}
+
+/// Guests started during the run. Fresh ones wait for a login (a login ends the guest
+/// session, so it must not be in anyone else's hands); the rest browse.
+pub struct Guests {
+    browsing: Mutex<Vec<Guest>>,
+    fresh: Mutex<Vec<Guest>>,
+    cap: usize,
+}
+
+impl Guests {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            browsing: Mutex::new(Vec::new()),
+            fresh: Mutex::new(Vec::new()),
+            cap,
+        }
+    }
+
+    pub fn add(&self, g: Guest) {
+        let mut fresh = lock(&self.fresh);
+        if fresh.len() < 1000 {
+            fresh.push(g);
+            return;
+        }
+        drop(fresh);
+        let mut b = lock(&self.browsing);
+        if b.len() < self.cap {
+            b.push(g);
+        } else {
+            let i = rand::rng().random_range(0..b.len());
+            b[i] = g;
+        }
+    }
+
+    pub fn random(&self) -> Option<Guest> {
+        let b = lock(&self.browsing);
+        if b.is_empty() {
+            return None;
+        }
+        b.get(rand::rng().random_range(0..b.len())).cloned()
+    }
+
+    /// A guest nobody else uses, to log in with.
+    pub fn take_fresh(&self) -> Option<Guest> {
+        lock(&self.fresh).pop()
+    }
+}

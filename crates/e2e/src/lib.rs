@@ -28,6 +28,6 @@ mod user;
 pub use cart::{rfc3339_utc, CartLine, CartView, DbCart, OpResult, OpsReply};
 pub use datastores::{PrivatePostgres, PrivateRedis};
 pub use guest::Guest;
-pub use platform::{Platform, PlatformOptions};
+pub use platform::{binary, Platform, PlatformOptions};
 pub use reply::{Problem, Reply, SetCookie};
 pub use user::{new_email, User};

@@ -736,6 +736,11 @@ fn required_env(name: &str) -> String {
     }
 }
 
+/// Where a workspace binary the tests run lives (`E2E_BIN_DIR`, else target/debug).
+pub fn binary(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
 fn bin_dir() -> PathBuf {
     match std::env::var_os("E2E_BIN_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),

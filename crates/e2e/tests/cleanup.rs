@@ -6,7 +6,7 @@
 
 use std::fs::{self, File};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -63,10 +63,7 @@ fn free_port() -> u16 {
 }
 
 fn bin() -> PathBuf {
-    match std::env::var_os("E2E_BIN_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("cleanup-worker"),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/cleanup-worker"),
-    }
+    e2e::binary("cleanup-worker")
 }
 
 /// A cleanup-worker process of the test's own, on the platform's database and Redis

@@ -18,6 +18,8 @@ pub struct Config {
     pub rate_limit: Option<crate::edge::RateLimitSettings>,
     pub upstream: ClientSettings,
     pub max_body_bytes: usize,
+    /// Public requests inside this process at once (the front door, `door.rs`).
+    pub max_in_flight: usize,
     /// Adds `Secure` to the cookies (set it whenever the site is served over HTTPS).
     pub cookie_secure: bool,
     /// Lifetime of the `cart_token` cookie: as long as guest carts are kept.
@@ -63,6 +65,7 @@ impl Config {
                 cooldown: e.millis("UPSTREAM_BREAKER_COOLDOWN_MS", 2000, 10..=600_000),
                 budget_percent: e.int_in("UPSTREAM_RETRY_BUDGET_PERCENT", 10, 0..=100),
             },
+            max_in_flight: e.int_in("GATEWAY_MAX_IN_FLIGHT", 1024, 1..=1_000_000),
             read_timeout: e.millis("UPSTREAM_READ_TIMEOUT_MS", 2000, 10..=300_000),
             redis: svc_kit::datastores::RedisSettings::read(e),
             rate_limit: {

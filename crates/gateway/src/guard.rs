@@ -42,7 +42,7 @@ pub enum Priority {
 }
 
 impl Priority {
-    fn share(self) -> usize {
+    pub fn share(self) -> usize {
         match self {
             Priority::Critical => 100,
             Priority::Normal => 90,

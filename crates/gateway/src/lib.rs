@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod caller;
 pub mod config;
+pub mod door;
 pub mod edge;
 pub mod guard;
 pub mod jwt;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub guards: Guards,
     /// `None` when rate limiting is switched off (`RATE_LIMIT_ENABLED=false`).
     pub limiter: Option<Arc<edge::RateLimiter>>,
+    pub door: door::Door,
 }
 
 /// One guard (admission, breaker, retry budget) per upstream.
@@ -94,6 +96,7 @@ pub async fn run() -> anyhow::Result<()> {
     });
     let metrics = Metrics::new("gateway");
     let guards = Guards::new(cfg.guard, &metrics);
+    let door = door::Door::new(cfg.max_in_flight, &metrics);
     let limiter = match cfg.rate_limit {
         Some(settings) => Some(Arc::new(edge::RateLimiter::new(
             settings,
@@ -129,6 +132,7 @@ pub async fn run() -> anyhow::Result<()> {
         jwt,
         guards,
         limiter,
+        door,
     });
     serve(svc, move |c| {
         // One scope around every public route, so CORS and rate limits wrap them all
@@ -136,6 +140,7 @@ pub async fn run() -> anyhow::Result<()> {
         c.app_data(state.clone()).service(
             web::scope("")
                 .wrap(actix_web::middleware::from_fn(edge::rate_limit))
+                .wrap(actix_web::middleware::from_fn(door::front_door))
                 .wrap(actix_web::middleware::from_fn(edge::cors))
                 .configure(routes::routes),
         );

@@ -111,9 +111,11 @@ fn state() -> web::Data<AppState> {
     let auth = peer("auth-svc", &cfg.auth_url);
     let jwt = std::sync::Arc::new(gateway::jwt::Verifier::new(auth.clone(), cfg.jwt.clone()));
     let guards = gateway::Guards::new(cfg.guard, &Metrics::new("gateway"));
+    let door = gateway::door::Door::new(cfg.max_in_flight, &Metrics::new("gateway"));
     web::Data::new(AppState {
         guards,
         limiter: None,
+        door,
         cfg,
         sessions,
         carts,

@@ -251,6 +251,9 @@ async fn run_command(a: RunArgs) -> anyhow::Result<bool> {
             generator_us_per_request: (n > 0).then(|| c * 1e6 / n as f64),
         });
     }
+    if let Some(p) = &a.pool {
+        ctx.users.save(p)?;
+    }
     if let Some(url) = &a.verify_database_url {
         summary.audit = Some(ctx.verify(url).await?);
     }

@@ -23,6 +23,8 @@ pub struct SeededUser {
 }
 
 pub struct User {
+    user_id: String,
+    session_id: String,
     pub email: String,
     pub password: String,
     pub cart_id: String,
@@ -75,6 +77,8 @@ impl Users {
             let s: SeededUser = serde_json::from_str(&line)
                 .with_context(|| format!("{} line {}", path.display(), i + 1))?;
             users.push(User {
+                user_id: s.user_id,
+                session_id: s.session_id,
                 email: s.email,
                 password: s.password,
                 cart_id: s.cart_id,
@@ -84,6 +88,28 @@ impl Users {
             });
         }
         Ok(Self(users))
+    }
+
+    /// Writes the users back with their current tokens: a refresh token works once,
+    /// and the next run must not present a spent one (that revokes the session).
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let lines: Vec<SeededUser> = self
+            .0
+            .iter()
+            .map(|u| SeededUser {
+                user_id: u.user_id.clone(),
+                email: u.email.clone(),
+                password: u.password.clone(),
+                cart_id: u.cart_id.clone(),
+                session_id: u.session_id.clone(),
+                access_token: u.access(),
+                refresh_token: u.refresh_token(),
+            })
+            .collect();
+        let tmp = path.with_extension("saving");
+        write_lines(&tmp, &lines)?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot replace the pool file {}", path.display()))
     }
 
     pub fn empty() -> Self {

@@ -131,3 +131,24 @@ pub fn exit_code(service: &str, result: anyhow::Result<()>) -> std::process::Exi
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuseport_lets_processes_share_a_port_and_only_then() {
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let first = listener(any, true).expect("a free port");
+        let addr = first.local_addr().expect("bound");
+        let second = listener(addr, true).expect("a second listener with SO_REUSEPORT");
+        assert_eq!(second.local_addr().expect("bound"), addr);
+        // Without it (the default), a second service on a taken port fails at start,
+        // rather than silently getting half of the connections.
+        let err = listener(addr, false).expect_err("the port is taken");
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+        let lone = listener(any, false).expect("a free port");
+        let lone_addr = lone.local_addr().expect("bound");
+        assert!(listener(lone_addr, true).is_err());
+    }
+}

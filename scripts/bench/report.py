@@ -191,6 +191,30 @@ def section(out, command):
         for p in pgb:
             w(f"| {p['pgbench_clients']} | {fmt(p['tps'], 0)} | {fmt(p['latency_avg_ms'], 2)} |")
         w("")
+    w("### The commands")
+    w("")
+    w("Each run above is one `loadtest` invocation (paths shortened; `$POOL` is the seeded pool, `$GW` the gateway):")
+    w("")
+    w("```sh")
+    seen = set()
+    for r in res:
+        cmd = r["summary"]["meta"].get("command", "")
+        cmd = re.sub(r"\S*/target/release/loadtest", "loadtest", cmd)
+        cmd = re.sub(r"\S*/pool\.jsonl", "$POOL", cmd)
+        cmd = re.sub(r"--target \S+", "--target $GW", cmd)
+        cmd = re.sub(r"--report-dir \S+", "--report-dir DIR", cmd)
+        cmd = re.sub(r"--verify-database-url \S+", "--verify-database-url $DATABASE_URL", cmd)
+        cmd = re.sub(r"--fail-if (\S+)", r"--fail-if '\1'", cmd)
+        key = re.sub(r"--rate \d+", "", cmd)
+        if key in seen:
+            continue
+        seen.add(key)
+        w(cmd)
+    if conc:
+        w(f"loadtest hold --target HOST:PORT --connections N --pool $POOL --offset K --source-ips 127.0.0.1-127.0.0.8 "
+          f"--open-rate R --hold-secs S   # x {conc.get('holders')} processes")
+    w("```")
+    w("")
     w(END)
     return "\n".join(o) + "\n"
 

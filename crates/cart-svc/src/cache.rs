@@ -208,7 +208,7 @@ impl Cache {
         if !self.allow() {
             return Err("circuit open".to_owned());
         }
-        let span = tracing::info_span!("redis", otel.kind = "client", db.system = "redis");
+        let span = svc_kit::telemetry::redis_span();
         let result =
             tokio::time::timeout(self.timeout, tracing::Instrument::instrument(work, span))
                 .await

@@ -360,7 +360,7 @@ async fn within_deadline<T>(
     work: impl Future<Output = Result<T, Problem>>,
 ) -> Result<T, Problem> {
     // One span for the request's whole unit of work in Postgres.
-    let span = tracing::info_span!("postgres", otel.kind = "client", db.system = "postgresql");
+    let span = svc_kit::telemetry::postgres_span();
     match tokio::time::timeout(st.db_deadline, tracing::Instrument::instrument(work, span)).await {
         Ok(result) => result,
         Err(_) => {

@@ -184,7 +184,7 @@ impl Store {
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, SessionError> {
-        let span = tracing::info_span!("redis", otel.kind = "client", db.system = "redis");
+        let span = svc_kit::telemetry::redis_span();
         match tokio::time::timeout(self.timeout, tracing::Instrument::instrument(fut, span)).await {
             Ok(Ok(v)) => {
                 svc_kit::metrics::redis_call("ok");

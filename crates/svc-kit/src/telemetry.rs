@@ -14,6 +14,9 @@ use std::sync::OnceLock;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::field::{RecordFields, VisitOutput};
+use tracing_subscriber::fmt::format::{JsonFields, JsonVisitor, Writer};
+use tracing_subscriber::fmt::{FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
@@ -23,6 +26,25 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// Whether spans are exported (and so carry OpenTelemetry contexts).
 pub fn tracing_enabled() -> bool {
     PROVIDER.get().is_some()
+}
+
+/// The span of one call to Redis, for the exported trace. Without export it would
+/// only cost the log formatter work (nothing logs inside it), so there is none.
+pub fn redis_span() -> tracing::Span {
+    if tracing_enabled() {
+        tracing::info_span!("redis", otel.kind = "client", db.system = "redis")
+    } else {
+        tracing::Span::none()
+    }
+}
+
+/// The span of a request's unit of work in Postgres; see [`redis_span`].
+pub fn postgres_span() -> tracing::Span {
+    if tracing_enabled() {
+        tracing::info_span!("postgres", otel.kind = "client", db.system = "postgresql")
+    } else {
+        tracing::Span::none()
+    }
 }
 
 fn otlp_configured() -> bool {
@@ -88,6 +110,7 @@ pub fn init_logs(service: &'static str) {
             .with_current_span(true)
             .with_span_list(false)
             .with_target(true)
+            .fmt_fields(SpanFields)
             .boxed()
     };
     let result = tracing_subscriber::registry()
@@ -109,11 +132,114 @@ pub fn init_logs(service: &'static str) {
     }
 }
 
+/// Span fields as JSON, like [`JsonFields`], but a field recorded after the span's
+/// creation (every request span gets its route and status that way) is appended to the
+/// span's JSON object, where `JsonFields` parses the object, adds the field and writes
+/// it all again: that rewrite was a sixth of the gateway's instructions per request.
+/// The event formatter parses a span's fields as a JSON object when it writes a line,
+/// so the lines carry the same fields (a field recorded twice: the last value).
+pub struct SpanFields;
+
+impl<'w> FormatFields<'w> for SpanFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> std::fmt::Result {
+        JsonFields::new().format_fields(writer, fields)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'w mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let mut added = String::new();
+        let mut visitor = JsonVisitor::new(&mut added);
+        fields.record(&mut visitor);
+        visitor.finish()?;
+        let object = &mut current.fields;
+        if added.len() <= 2 {
+            // `{}`: nothing was recorded.
+            return Ok(());
+        }
+        if object.len() <= 2 {
+            *object = added;
+        } else if object.ends_with('}') && added.starts_with('{') {
+            object.pop();
+            object.push(',');
+            object.push_str(&added[1..]);
+        } else {
+            return Err(std::fmt::Error);
+        }
+        Ok(())
+    }
+}
+
 /// Exports the spans still buffered; called once, as the process ends.
 pub fn shutdown() {
     if let Some(p) = PROVIDER.get() {
         if let Err(e) = p.shutdown() {
             tracing::warn!(error = %e, "flushing traces failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::MakeWriter;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Lines {
+        type Writer = Lines;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn fields_recorded_later_join_the_span_object() {
+        let out = Lines::default();
+        let layer = fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .fmt_fields(SpanFields)
+            .with_writer(out.clone());
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "request",
+                request_id = "r1",
+                route = tracing::field::Empty,
+                status = tracing::field::Empty,
+                empty = tracing::field::Empty,
+            );
+            span.record("route", "/api/v1/cart");
+            span.record("status", 200);
+            span.record("status", 201);
+            span.in_scope(|| tracing::info!(n = 1, "served"));
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(
+            line["span"],
+            serde_json::json!({"request_id": "r1", "route": "/api/v1/cart", "status": 201, "name": "request"})
+        );
+        assert_eq!(line["n"], 1);
     }
 }

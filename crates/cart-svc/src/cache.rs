@@ -62,7 +62,7 @@ pub struct Snapshot {
 
 #[derive(Clone)]
 pub struct Cache {
-    pool: Pool,
+    redis: svc_kit::datastores::SharedRedis,
     prefix: String,
     ttl_secs: u64,
     timeout: Duration,
@@ -113,7 +113,7 @@ impl Cache {
             .expect("static metric definition is valid"),
         );
         Self {
-            pool,
+            redis: svc_kit::datastores::SharedRedis::new(pool),
             prefix,
             ttl_secs,
             timeout,
@@ -202,7 +202,7 @@ impl Cache {
         f: impl FnOnce(&mut redis::Pipeline),
     ) -> Result<T, String> {
         let work = async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut conn = self.redis.conn().await.map_err(|e| e.to_string())?;
             let mut pipe = redis::pipe();
             f(&mut pipe);
             pipe.query_async::<T>(&mut conn)
@@ -232,7 +232,10 @@ impl Cache {
         });
         match &result {
             Ok(_) => self.succeeded(),
-            Err(e) => self.failed(e),
+            Err(e) => {
+                self.redis.discard();
+                self.failed(e);
+            }
         }
         result
     }
@@ -296,7 +299,7 @@ impl Cache {
     pub async fn put(&self, cart_id: CartId, snapshot: &Snapshot, after_write: bool) {
         let key = self.key(cart_id);
         let work = async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut conn = self.redis.conn().await.map_err(|e| e.to_string())?;
             let mut inv = self.put.key(&key);
             inv.arg(snapshot.version)
                 .arg(snapshot.body.as_ref())

@@ -1,7 +1,18 @@
 //! Cache-aside for cart reads in Redis; Postgres stays the source of truth.
 //!
-//! Each entry is a hash `cart:<cart_id>` holding the cart's version (`v`) and its JSON
-//! representation (`b`), served as-is on a hit. Entries are written only through a Lua
+//! Each entry is a hash `cart:<cart_id>` holding the cart's version (`v`), its JSON
+//! representation (`b`), served as-is on a hit, and the user who owns it (`u`, empty for
+//! a guest cart).
+//!
+//! A guest names its cart by id. A user names only themselves: their cart is "the one
+//! active cart of this user" in Postgres. The gateway also forwards the cart id of the
+//! user's session, the cart they were given at login, and a user's read is served from
+//! that cart's entry when the entry says it belongs to this user. That is the same
+//! cart: a user's active cart is replaced only when the retention job deletes it (then
+//! the entry is deleted too) or never existed, and an entry's owner changes only from
+//! guest to user (adoption at login, which writes `u` with the new version). When
+//! Postgres answers a user with another cart than the session's, the session's entry is
+//! deleted, so a stale one cannot keep answering. Entries are written only through a Lua
 //! compare-and-set that refuses to replace a newer version with an older one, so a slow
 //! reader that loaded version 5 can never overwrite the version 6 a writer just cached:
 //! the cache never holds an older version than the last one written to it, and a client
@@ -24,7 +35,7 @@ use std::time::{Duration, Instant};
 use actix_web::web::Bytes;
 use deadpool_redis::redis::{self, Script};
 use deadpool_redis::Pool;
-use domain::CartId;
+use domain::{CartId, UserId};
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use svc_kit::metrics::Metrics;
 
@@ -33,24 +44,25 @@ local cur = redis.call('HGET', KEYS[1], 'v')
 if cur and tonumber(cur) >= tonumber(ARGV[1]) then
   return 0
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'b', ARGV[2])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'b', ARGV[2], 'u', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
 
-/// The raw `HMGET v b` reply.
-type Entry = (Option<i64>, Option<Vec<u8>>);
+/// The raw `HMGET v b u` reply.
+type Entry = (Option<i64>, Option<Vec<u8>>, Option<String>);
 
-/// A cached cart: its version and the JSON body to send.
+/// A cached cart: its version, the JSON body to send, and its owner when a user owns it.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub version: i64,
     pub body: Bytes,
+    pub user: Option<UserId>,
 }
 
 #[derive(Clone)]
 pub struct Cache {
-    pool: Pool,
+    redis: svc_kit::datastores::SharedRedis,
     prefix: String,
     ttl_secs: u64,
     timeout: Duration,
@@ -101,7 +113,7 @@ impl Cache {
             .expect("static metric definition is valid"),
         );
         Self {
-            pool,
+            redis: svc_kit::datastores::SharedRedis::new(pool),
             prefix,
             ttl_secs,
             timeout,
@@ -190,7 +202,7 @@ impl Cache {
         f: impl FnOnce(&mut redis::Pipeline),
     ) -> Result<T, String> {
         let work = async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut conn = self.redis.conn().await.map_err(|e| e.to_string())?;
             let mut pipe = redis::pipe();
             f(&mut pipe);
             pipe.query_async::<T>(&mut conn)
@@ -208,7 +220,7 @@ impl Cache {
         if !self.allow() {
             return Err("circuit open".to_owned());
         }
-        let span = tracing::info_span!("redis", otel.kind = "client", db.system = "redis");
+        let span = svc_kit::telemetry::redis_span();
         let result =
             tokio::time::timeout(self.timeout, tracing::Instrument::instrument(work, span))
                 .await
@@ -220,13 +232,26 @@ impl Cache {
         });
         match &result {
             Ok(_) => self.succeeded(),
-            Err(e) => self.failed(e),
+            Err(e) => {
+                self.redis.discard();
+                self.failed(e);
+            }
         }
         result
     }
 
     /// The cached cart, if present and trustworthy. Any failure is a miss.
     pub async fn get(&self, cart_id: CartId) -> Option<Snapshot> {
+        self.lookup(cart_id, None).await
+    }
+
+    /// The cached cart `cart_id` if it is `user`'s: an entry of another owner (or of no
+    /// recorded owner) is a miss.
+    pub async fn get_for_user(&self, cart_id: CartId, user: UserId) -> Option<Snapshot> {
+        self.lookup(cart_id, Some(user)).await
+    }
+
+    async fn lookup(&self, cart_id: CartId, user: Option<UserId>) -> Option<Snapshot> {
         if self.is_suspect(cart_id) {
             // Its entry may be older than Postgres: delete it (which clears the mark) and
             // read Postgres this time.
@@ -237,15 +262,23 @@ impl Cache {
         let key = self.key(cart_id);
         let reply: Result<(Entry,), String> = self
             .run(|p| {
-                p.cmd("HMGET").arg(&key).arg("v").arg("b");
+                p.cmd("HMGET").arg(&key).arg("v").arg("b").arg("u");
             })
             .await;
         match reply {
-            Ok(((Some(version), Some(body)),)) => {
+            Ok(((Some(version), Some(body), owner),)) => {
+                let owner = owner
+                    .filter(|u| !u.is_empty())
+                    .and_then(|u| u.parse::<UserId>().ok());
+                if user.is_some() && owner != user {
+                    self.count("get", "miss");
+                    return None;
+                }
                 self.count("get", "hit");
                 Some(Snapshot {
                     version,
                     body: Bytes::from(body),
+                    user: owner,
                 })
             }
             Ok(_) => {
@@ -266,11 +299,12 @@ impl Cache {
     pub async fn put(&self, cart_id: CartId, snapshot: &Snapshot, after_write: bool) {
         let key = self.key(cart_id);
         let work = async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut conn = self.redis.conn().await.map_err(|e| e.to_string())?;
             let mut inv = self.put.key(&key);
             inv.arg(snapshot.version)
                 .arg(snapshot.body.as_ref())
-                .arg(self.ttl_secs);
+                .arg(self.ttl_secs)
+                .arg(snapshot.user.map(|u| u.to_string()).unwrap_or_default());
             inv.invoke_async::<i64>(&mut conn)
                 .await
                 .map_err(|e| e.to_string())

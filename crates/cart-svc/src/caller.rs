@@ -46,4 +46,14 @@ impl Caller {
             _ => Err(missing()),
         }
     }
+
+    /// The cart id the gateway forwards from the caller's session. For a user it is
+    /// only a hint (their cart is their one active cart, whatever its id): it locates
+    /// the cache entry to try first.
+    pub fn session_cart(req: &HttpRequest) -> Option<CartId> {
+        req.headers()
+            .get(CART_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<CartId>().ok())
+    }
 }

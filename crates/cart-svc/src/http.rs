@@ -52,19 +52,45 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// Served from the cache when it holds the guest's cart, else from Postgres (and the
-/// snapshot cached for the next read).
+/// Served from the cache when it holds the caller's cart, else from Postgres (and the
+/// snapshot cached for the next read). A user's cart is looked up in the cache by the
+/// cart id of their session (see `cache.rs` for why that entry is theirs).
 async fn get_cart(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let caller = Caller::from_request(&req)?;
-    if let Caller::Guest { cart_id, .. } = &caller {
-        if let Some(hit) = st.cache.get(*cart_id).await {
-            return Ok(snapshot_response(&hit));
+    let session_cart = match &caller {
+        Caller::Guest { cart_id, .. } => {
+            if let Some(hit) = st.cache.get(*cart_id).await {
+                return Ok(snapshot_response(&hit));
+            }
+            None
         }
-    }
+        Caller::User { user_id } => {
+            let session_cart = Caller::session_cart(&req);
+            if let Some(cart_id) = session_cart {
+                if let Some(hit) = st.cache.get_for_user(cart_id, *user_id).await {
+                    return Ok(snapshot_response(&hit));
+                }
+            }
+            session_cart
+        }
+    };
     let cart = within_deadline(&st, async { Ok(st.store.read(&caller).await?) }).await?;
     let snapshot = snapshot(&cart);
     st.cache.put(cart.id, &snapshot, false).await;
+    forget_replaced_cart(&st, session_cart, cart.id).await;
     Ok(snapshot_response(&snapshot))
+}
+
+/// A user whose session names another cart than their active one (it was deleted after
+/// its retention, and a new one began): that cart's entry must not answer their reads.
+async fn forget_replaced_cart(
+    st: &AppState,
+    session_cart: Option<domain::CartId>,
+    active: domain::CartId,
+) {
+    if let Some(old) = session_cart.filter(|c| *c != active) {
+        st.cache.delete(old).await;
+    }
 }
 
 async fn add_item(
@@ -251,6 +277,7 @@ async fn mutate(
 ) -> Result<HttpResponse, Problem> {
     let idem = idempotency(req, body)?;
     let precondition = precondition(req);
+    let is_user = matches!(caller, Caller::User { .. });
     let committed = within_deadline(st, async {
         let mut tx = st
             .store
@@ -318,6 +345,9 @@ async fn mutate(
             if let (Some(cart_id), Some(s)) = (changed_cart, &rendered.snapshot) {
                 // Before answering, so this client's next read sees at least this version.
                 st.cache.put(cart_id, s, true).await;
+                if is_user {
+                    forget_replaced_cart(st, Caller::session_cart(req), cart_id).await;
+                }
             }
             Ok(rendered.into_response(false))
         }
@@ -360,7 +390,7 @@ async fn within_deadline<T>(
     work: impl Future<Output = Result<T, Problem>>,
 ) -> Result<T, Problem> {
     // One span for the request's whole unit of work in Postgres.
-    let span = tracing::info_span!("postgres", otel.kind = "client", db.system = "postgresql");
+    let span = svc_kit::telemetry::postgres_span();
     match tokio::time::timeout(st.db_deadline, tracing::Instrument::instrument(work, span)).await {
         Ok(result) => result,
         Err(_) => {
@@ -550,6 +580,10 @@ fn parse_op(i: usize, item: &Value, limits: &domain::Limits) -> Result<OfflineOp
 pub fn snapshot(cart: &domain::Cart) -> Snapshot {
     Snapshot {
         version: cart.version,
+        user: match cart.owner {
+            domain::Owner::User(u) => Some(u),
+            domain::Owner::Guest => None,
+        },
         // Serialising plain strings and numbers cannot fail.
         body: serde_json::to_vec(&CartView::from(cart))
             .unwrap_or_default()

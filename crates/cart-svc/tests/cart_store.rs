@@ -357,6 +357,7 @@ async fn the_cache_never_goes_back_to_an_older_version() {
     let snap = |v: i64| Snapshot {
         version: v,
         body: format!("{{\"version\":{v}}}").into(),
+        user: None,
     };
     assert!(cache.get(id).await.is_none());
     cache.put(id, &snap(2), true).await;
@@ -366,6 +367,31 @@ async fn the_cache_never_goes_back_to_an_older_version() {
     assert_eq!(hit.body.as_ref(), br#"{"version":2}"#);
     cache.put(id, &snap(3), true).await;
     assert_eq!(cache.get(id).await.unwrap().version, 3);
+}
+
+#[tokio::test]
+async fn a_user_is_served_only_an_entry_that_is_theirs() {
+    let cache = cache(&redis_url());
+    let id = CartId::new();
+    let (owner, other) = (domain::UserId::new(), domain::UserId::new());
+    let snap = |v: i64, user: Option<domain::UserId>| Snapshot {
+        version: v,
+        body: format!("{{\"version\":{v}}}").into(),
+        user,
+    };
+    cache.put(id, &snap(1, None), true).await;
+    assert!(
+        cache.get_for_user(id, owner).await.is_none(),
+        "a guest's cart"
+    );
+    assert_eq!(cache.get(id).await.unwrap().version, 1);
+    // Adopted at login: the owner comes with the new version.
+    cache.put(id, &snap(2, Some(owner)), true).await;
+    let hit = cache.get_for_user(id, owner).await.expect("the owner's");
+    assert_eq!((hit.version, hit.user), (2, Some(owner)));
+    assert!(cache.get_for_user(id, other).await.is_none());
+    cache.delete(id).await;
+    assert!(cache.get_for_user(id, owner).await.is_none());
 }
 
 fn app_state(pool: PgPool, cache: Cache) -> web::Data<AppState> {

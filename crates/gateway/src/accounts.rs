@@ -302,7 +302,14 @@ async fn guest_session(
     if !domain::token::is_plausible_token(token) {
         return Ok(None);
     }
-    match caller::touch(st, Priority::Low, json!({ "session_token": token }), rid).await {
+    match caller::touch(
+        st,
+        Priority::Low,
+        caller::SessionKey::SessionToken(token),
+        rid,
+    )
+    .await
+    {
         Ok(id) if id.kind == "guest" => Ok(Some((token.clone(), id))),
         Ok(_) => Ok(None),
         Err(p) if p.status_code() == actix_web::http::StatusCode::UNAUTHORIZED => Ok(None),
@@ -381,7 +388,14 @@ pub(crate) async fn refresh(
     let t: Refreshed = json_of(&st.auth, res).await?;
     // The session must still be alive: refresh tokens never outlive their session
     // (idle timeout, absolute limit, logout). Touching it also slides it.
-    match caller::touch(&st, Priority::Normal, json!({ "session_id": t.sid }), rid).await {
+    match caller::touch(
+        &st,
+        Priority::Normal,
+        caller::SessionKey::SessionId(&t.sid),
+        rid,
+    )
+    .await
+    {
         Ok(id) if id.kind == "user" && id.user_id.as_deref() == Some(t.user_id.as_str()) => {}
         Ok(_) => return Err(caller::unauthenticated()),
         Err(p) if p.status_code() == actix_web::http::StatusCode::UNAUTHORIZED => {

@@ -7,7 +7,6 @@
 use actix_web::http::{header, Method};
 use actix_web::HttpRequest;
 use serde::Deserialize;
-use serde_json::json;
 use svc_kit::Problem;
 
 use crate::guard::Priority;
@@ -109,7 +108,7 @@ pub async fn authenticate(
 ) -> Result<Identity, Problem> {
     match cred {
         Credential::Session { token, .. } => {
-            let id = touch(st, priority, json!({ "session_token": token }), request_id).await?;
+            let id = touch(st, priority, SessionKey::SessionToken(token), request_id).await?;
             if id.kind != "guest" {
                 return Err(unauthenticated());
             }
@@ -117,22 +116,17 @@ pub async fn authenticate(
         }
         Credential::Bearer(token) => {
             let claims = st.jwt.verify(token, request_id).await?;
-            let id = touch(
-                st,
-                priority,
-                json!({ "session_id": claims.sid }),
-                request_id,
-            )
-            .await
-            .map_err(|p| {
-                if p.status_code() == actix_web::http::StatusCode::UNAUTHORIZED {
-                    Problem::unauthorized(
-                        "the session of this access token has ended; log in again",
-                    )
-                } else {
-                    p
-                }
-            })?;
+            let id = touch(st, priority, SessionKey::SessionId(&claims.sid), request_id)
+                .await
+                .map_err(|p| {
+                    if p.status_code() == actix_web::http::StatusCode::UNAUTHORIZED {
+                        Problem::unauthorized(
+                            "the session of this access token has ended; log in again",
+                        )
+                    } else {
+                        p
+                    }
+                })?;
             if id.kind != "user" || id.user_id.as_deref() != Some(claims.sub.as_str()) {
                 return Err(unauthenticated());
             }
@@ -141,11 +135,20 @@ pub async fn authenticate(
     }
 }
 
+/// How a touch names its session; serialises as session-svc's body,
+/// `{"session_token": "…"}` or `{"session_id": "…"}`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionKey<'a> {
+    SessionToken(&'a str),
+    SessionId(&'a str),
+}
+
 /// Looks a session up through session-svc, which also slides its idle timeout.
 pub async fn touch(
     st: &AppState,
     priority: Priority,
-    body: serde_json::Value,
+    body: SessionKey<'_>,
     request_id: Option<&str>,
 ) -> Result<Identity, Problem> {
     let sessions = &st.sessions;

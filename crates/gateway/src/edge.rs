@@ -115,7 +115,7 @@ fn gcra_local(tat: Option<f64>, now: f64, p: &Policy) -> (Decision, Option<f64>)
 
 pub struct RateLimiter {
     pub settings: RateLimitSettings,
-    redis: deadpool_redis::Pool,
+    redis: svc_kit::datastores::SharedRedis,
     prefix: String,
     timeout: Duration,
     script: Script,
@@ -141,7 +141,7 @@ impl RateLimiter {
         let valid = "static metric definition is valid";
         let this = Self {
             settings,
-            redis,
+            redis: svc_kit::datastores::SharedRedis::new(redis),
             prefix,
             timeout,
             script: Script::new(GCRA),
@@ -197,7 +197,7 @@ impl RateLimiter {
     async fn check_redis(&self, p: &Policy, client: &str, now_us: f64) -> Result<Decision, String> {
         let key = format!("{}rl:{}:{}", self.prefix, p.name, client);
         let call = async {
-            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+            let mut conn = self.redis.conn().await.map_err(|e| e.to_string())?;
             let mut inv = self.script.key(key);
             inv.arg(format!("{now_us:.0}"))
                 .arg(format!("{:.3}", p.interval_us()))
@@ -206,9 +206,14 @@ impl RateLimiter {
                 .await
                 .map_err(|e| e.to_string())
         };
-        let (allowed, remaining, retry, reset) = tokio::time::timeout(self.timeout, call)
+        let answer = tokio::time::timeout(self.timeout, call)
             .await
-            .map_err(|_| "timed out".to_owned())??;
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r);
+        if answer.is_err() {
+            self.redis.discard();
+        }
+        let (allowed, remaining, retry, reset) = answer?;
         let u = |v: i64| u64::try_from(v).unwrap_or(0);
         Ok(Decision {
             allowed: allowed == 1,

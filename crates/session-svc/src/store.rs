@@ -128,7 +128,7 @@ return {v[1], v[2], v[3], v[4], v[5], tostring(ttl)}
 
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool,
+    redis: svc_kit::datastores::SharedRedis,
     prefix: String,
     timeout: Duration,
     create: std::sync::Arc<Script>,
@@ -149,7 +149,7 @@ fn at_ms(ms: i64) -> DateTime<Utc> {
 impl Store {
     pub fn new(pool: Pool, prefix: String, timeout: Duration) -> Self {
         Self {
-            pool,
+            redis: svc_kit::datastores::SharedRedis::new(pool),
             prefix,
             timeout,
             create: std::sync::Arc::new(Script::new(CREATE)),
@@ -171,9 +171,9 @@ impl Store {
         format!("{}user-sessions:{}", self.prefix, user_id)
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, SessionError> {
-        self.pool
-            .get()
+    async fn conn(&self) -> Result<redis::aio::MultiplexedConnection, SessionError> {
+        self.redis
+            .conn()
             .await
             .map_err(|e| SessionError::Unavailable(e.to_string()))
     }
@@ -184,7 +184,7 @@ impl Store {
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, SessionError> {
-        let span = tracing::info_span!("redis", otel.kind = "client", db.system = "redis");
+        let span = svc_kit::telemetry::redis_span();
         match tokio::time::timeout(self.timeout, tracing::Instrument::instrument(fut, span)).await {
             Ok(Ok(v)) => {
                 svc_kit::metrics::redis_call("ok");
@@ -192,10 +192,12 @@ impl Store {
             }
             Ok(Err(e)) => {
                 svc_kit::metrics::redis_call("error");
+                self.redis.discard();
                 Err(SessionError::Unavailable(e.to_string()))
             }
             Err(_) => {
                 svc_kit::metrics::redis_call("timeout");
+                self.redis.discard();
                 Err(SessionError::Unavailable("timed out".to_owned()))
             }
         }

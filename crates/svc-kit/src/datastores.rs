@@ -125,6 +125,52 @@ impl RedisSettings {
     }
 }
 
+/// The Redis connection of a request path. deadpool-redis checks every connection it
+/// hands out with an `UNWATCH` + `PING` round trip, which doubled the Redis round trips
+/// (and their CPU on both sides) of every session touch and cart cache read. Its
+/// connections are multiplexed, made to be shared by concurrent callers, and nothing
+/// here uses `WATCH`: so one connection from the pool is kept and shared until a call on
+/// it fails, and only then is the next one taken from the pool (which checks it, or
+/// connects afresh). The pool keeps its bounds, timeouts and lazy connecting.
+#[derive(Clone)]
+pub struct SharedRedis {
+    pool: deadpool_redis::Pool,
+    current:
+        std::sync::Arc<std::sync::Mutex<Option<deadpool_redis::redis::aio::MultiplexedConnection>>>,
+}
+
+impl SharedRedis {
+    pub fn new(pool: deadpool_redis::Pool) -> Self {
+        Self {
+            pool,
+            current: std::sync::Arc::default(),
+        }
+    }
+
+    /// The shared connection, taken from the pool when there is none yet.
+    pub async fn conn(
+        &self,
+    ) -> Result<deadpool_redis::redis::aio::MultiplexedConnection, deadpool_redis::PoolError> {
+        if let Some(conn) = self.current.lock().ok().and_then(|c| c.clone()) {
+            return Ok(conn);
+        }
+        let pooled = self.pool.get().await?;
+        let conn = (*pooled).clone();
+        if let Ok(mut current) = self.current.lock() {
+            *current = Some(conn.clone());
+        }
+        Ok(conn)
+    }
+
+    /// Forgets the shared connection after a failed call on it (broken, or Redis too
+    /// slow): the next call takes one from the pool, checked.
+    pub fn discard(&self) {
+        if let Ok(mut current) = self.current.lock() {
+            *current = None;
+        }
+    }
+}
+
 /// `PING` for `/readyz`.
 pub async fn redis_ping(pool: &deadpool_redis::Pool) -> Result<(), String> {
     let mut conn = pool.get().await.map_err(|_| "unreachable".to_owned())?;

@@ -59,20 +59,37 @@ pub async fn observe(
     } else {
         String::new()
     };
-    let span = tracing::info_span!(
-        "request",
-        otel.name = %otel_name,
-        otel.kind = "server",
-        request_id = %request_id,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-        method = %method,
-        route = tracing::field::Empty,
-        http.response.status_code = tracing::field::Empty,
-    );
-    trace.attach(&span);
-    span.record("trace_id", trace.trace_id.as_str());
-    span.record("span_id", trace.span_id.as_str());
+    // Without export the ids are final now: give them to the span at its creation, as
+    // every later `record` costs the log formatter a rewrite of the span's fields.
+    let span = if crate::telemetry::tracing_enabled() {
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %otel_name,
+            otel.kind = "server",
+            request_id = %request_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            method = %method,
+            route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        trace.attach(&span);
+        span.record("trace_id", trace.trace_id.as_str());
+        span.record("span_id", trace.span_id.as_str());
+        span
+    } else {
+        tracing::info_span!(
+            "request",
+            otel.name = "",
+            otel.kind = "server",
+            request_id = request_id.as_str(),
+            trace_id = trace.trace_id.as_str(),
+            span_id = trace.span_id.as_str(),
+            method = method.as_str(),
+            route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        )
+    };
     let result = trace.scope(next.call(req).instrument(span.clone())).await;
     let res = match result {
         Ok(res) => res.map_into_boxed_body(),

@@ -4,8 +4,6 @@
 //! made while handling the request ([`crate::internal::Peer::request`]) carries the
 //! same trace id with a fresh parent id, so one request is one trace across services.
 
-use std::fmt::Write;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
     /// 32 lowercase hex digits, never all zero.
@@ -23,9 +21,12 @@ tokio::task_local! {
 }
 
 fn hex_of(bytes: &[u8]) -> String {
+    // By table: `write!` per byte went through the formatting machinery twice per id.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
     s
 }
@@ -120,6 +121,11 @@ impl TraceContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_lowercase_hex() {
+        assert_eq!(hex_of(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
 
     #[test]
     fn a_valid_parent_is_continued_and_anything_else_starts_a_trace() {

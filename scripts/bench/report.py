@@ -57,12 +57,13 @@ def run_row(r):
     codes = ", ".join(f"{k}: {v}" for k, v in sorted(o["by_status"].items()))
     return (f"| {r['name']} | {'pass' if r['passed'] else '**fail**'} | {fmt(o['ok_per_second'], 0)} | "
             f"{fmt(lat['p50'])} | {fmt(lat['p99'])} | {fmt(lat['p999'])} | {fmt(lat['max'])} | "
-            f"{fmt(o['error_percent'], 3)} | {fmt(o['shed_percent'], 3)} | {codes} | {cpu_cells(r)} | {fmt(total_cpu(r), 0)} | {r['loadavg']} |")
+            f"{fmt(o['error_percent'], 3)} | {fmt(o['shed_percent'], 3)} | {fmt(o['shed_latency_ms']['p99'])} | "
+            f"{fmt((s.get('generator_lag_ms') or {}).get('p99'))} | {codes} | {cpu_cells(r)} | {fmt(total_cpu(r), 0)} | {r['loadavg']} |")
 
 
-HEAD = ("| run | SLO | ok req/s | p50 ms | p99 ms | p99.9 ms | max ms | errors % | shed % | answers | "
+HEAD = ("| run | SLO | ok req/s | p50 ms | p99 ms | p99.9 ms | max ms | errors % | shed % | shed p99 ms | generator lag p99 ms | answers | "
         "CPU µs/req: gateway | session | cart | auth | postgres | redis | loadtest | total | load avg |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 
 
 def section(out, command):
@@ -91,12 +92,21 @@ def section(out, command):
       "in scenario 2), the rate limiter on (one Redis call per request) with its limits raised (every shopper "
       "comes from this machine's addresses, so per-IP limits would throttle them all as one), long token and session lifetimes (seeded shoppers stay logged in). "
       "Postgres defaults (`synchronous_commit` = on), Redis without persistence, both throwaway.")
+    try:
+        with open(os.path.join(out, "env.txt")) as f:
+            extra = [l.strip() for l in f if l.strip()]
+    except OSError:
+        extra = []
+    if extra:
+        w("- Settings for every service on top of those: " + ", ".join(f"`{e}`" for e in extra) + ".")
     if seed:
         w(f"- Seeded with `loadtest seed`: {seed.get('users', 0):,} users, each with a cart of 3 lines, a live session and "
           f"tokens, in {fmt(seed.get('total_seconds'))} s ({fmt(seed.get('users_per_second'), 0)} users/s; "
           f"{fmt(seed.get('rows_seconds'))} s of it the bulk rows).")
     w("- Load: `loadtest run`, open loop (arrivals on a fixed schedule; latency counts from when a request was due), "
-      "3 s warm-up not counted. Answers: ok = 2xx and 412; shed = 429/503; errors = everything else.")
+      "3 s warm-up not counted. Answers: ok = 2xx and 412; shed = 429/503; errors = everything else. "
+      "*Generator lag*: from when a request was due to when the generator began sending it (its own delay, "
+      "part of every latency figure).")
     w("- CPU µs/request: each process's user + system time over the run (`/proc/<pid>/stat`) divided by the requests "
       "of the run; `loadtest` is the load generator itself.")
     w("")

@@ -315,11 +315,12 @@ fn print_table(s: &stats::Summary) {
         .map(|(c, n)| format!("{c}={n}"))
         .collect();
     say(&format!(
-        "answers: {}; dropped by the generator: {}; shed p99: {} ms; recovery: {} s",
+        "answers: {}; dropped by the generator: {}; shed p99: {} ms; recovery: {} s; generator send lag p99: {} ms",
         codes.join(" "),
         s.dropped,
         f(s.overall.shed_latency_ms.p99),
-        f(s.recovery_secs)
+        f(s.recovery_secs),
+        f(s.generator_lag_ms.p99)
     ));
     if let Some(c) = &s.cpu {
         say(&format!(

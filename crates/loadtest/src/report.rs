@@ -254,8 +254,11 @@ pub fn html(s: &Summary) -> String {
     out.push_str("</table>");
     let _ = write!(
         out,
-        "<p>Generator drops (its own in-flight cap): {}. Failed journey checks: {}. Recovery after the spike: {} s.</p>",
+        "<p>Generator drops (its own in-flight cap): {}. Generator send lag (due → sent) p50/p99/max: {}/{}/{} ms. Failed journey checks: {}. Recovery after the spike: {} s.</p>",
         s.dropped,
+        f(s.generator_lag_ms.p50),
+        f(s.generator_lag_ms.p99),
+        f(s.generator_lag_ms.max),
         if s.checks_failed.is_empty() {
             "none".to_owned()
         } else {

@@ -106,7 +106,8 @@ pub struct Options {
 pub struct Ctx {
     clients: Vec<reqwest::Client>,
     next_client: AtomicUsize,
-    base: String,
+    /// Parsed once: every request only swaps the path in.
+    base: reqwest::Url,
     pub users: Users,
     guests: Guests,
     pub rec: Recorder,
@@ -121,8 +122,16 @@ pub struct Ctx {
 
 pub struct Reply {
     pub status: u16,
-    pub body: Value,
+    raw: Vec<u8>,
     pub etag: Option<String>,
+}
+
+impl Reply {
+    /// The body as JSON, parsed only by the steps that read it: most answers are only
+    /// counted, and parsing every cart would make the generator the bottleneck sooner.
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.raw).unwrap_or(Value::Null)
+    }
 }
 
 enum Who<'a> {
@@ -154,7 +163,8 @@ impl Ctx {
         Ok(Self {
             clients,
             next_client: AtomicUsize::new(0),
-            base: opts.target.trim_end_matches('/').to_owned(),
+            base: reqwest::Url::parse(&opts.target)
+                .map_err(|e| anyhow::anyhow!("--target {}: {e}", opts.target))?,
             users,
             guests: Guests::new(200_000),
             rec: Recorder::new(Instant::now() + Duration::from_millis(200), opts.warmup),
@@ -167,7 +177,9 @@ impl Ctx {
 
     fn request(&self, method: Method, path: &str, who: Option<&Who<'_>>) -> RequestBuilder {
         let i = self.next_client.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        let rb = self.clients[i].request(method, format!("{}{}", self.base, path));
+        let mut url = self.base.clone();
+        url.set_path(path);
+        let rb = self.clients[i].request(method, url);
         match who {
             Some(Who::User(u)) => rb.bearer_auth(u.access()),
             Some(Who::Bearer(t)) => rb.bearer_auth(t),
@@ -187,6 +199,7 @@ impl Ctx {
                 "transport_error"
             }
         };
+        let sent = Instant::now();
         match rb.send().await {
             Ok(res) => {
                 let status = res.status().as_u16();
@@ -197,21 +210,21 @@ impl Ctx {
                     .map(str::to_owned);
                 match res.bytes().await {
                     Ok(b) => {
-                        self.rec.record(kind, due, Some(status), "");
+                        self.rec.record(kind, due, sent, Some(status), "");
                         Some(Reply {
                             status,
-                            body: serde_json::from_slice(&b).unwrap_or(Value::Null),
+                            raw: b.to_vec(),
                             etag,
                         })
                     }
                     Err(e) => {
-                        self.rec.record(kind, due, None, label(&e));
+                        self.rec.record(kind, due, sent, None, label(&e));
                         None
                     }
                 }
             }
             Err(e) => {
-                self.rec.record(kind, due, None, label(&e));
+                self.rec.record(kind, due, sent, None, label(&e));
                 None
             }
         }
@@ -242,7 +255,7 @@ impl Ctx {
             return None;
         }
         Some(Guest {
-            session_token: r.body["session_token"].as_str()?.to_owned(),
+            session_token: r.json()["session_token"].as_str()?.to_owned(),
         })
     }
 
@@ -306,9 +319,10 @@ impl Ctx {
             .json(&json!({ "refresh_token": u.refresh_token() }));
         if let Some(r) = self.call("refresh", due, rb).await {
             if r.status == 200 {
+                let body = r.json();
                 if let (Some(a), Some(f)) = (
-                    r.body["access_token"].as_str(),
-                    r.body["refresh_token"].as_str(),
+                    body["access_token"].as_str(),
+                    body["refresh_token"].as_str(),
                 ) {
                     u.set_tokens(a.to_owned(), f.to_owned());
                 }
@@ -328,10 +342,11 @@ impl Ctx {
         if r.status != 200 {
             return None;
         }
-        if r.body["cart"]["cart_id"].as_str() != Some(u.cart_id.as_str()) {
+        let body = r.json();
+        if body["cart"]["cart_id"].as_str() != Some(u.cart_id.as_str()) {
             self.rec.check_failed("login_cart_is_the_users_cart");
         }
-        r.body["access_token"].as_str().map(str::to_owned)
+        body["access_token"].as_str().map(str::to_owned)
     }
 
     /// A shopper to act as: a guest of this run (guest_share of the time, once there are
@@ -455,7 +470,7 @@ impl Ctx {
         let (ra, rb) = tokio::join!(self.add(&a, &sku, 1, t), self.add(&b, &sku, 1, t));
         let (ca, cb) = tokio::join!(self.read(&a, Instant::now()), self.read(&b, Instant::now()));
         if let (Some(ra), Some(rb), Some(ca), Some(cb)) = (ra, rb, ca, cb) {
-            let same = ca.body["cart_id"] == cb.body["cart_id"];
+            let same = ca.json()["cart_id"] == cb.json()["cart_id"];
             if ra.status == 200 && rb.status == 200 && !same {
                 self.rec.check_failed("two_devices_same_cart");
             }
@@ -470,7 +485,7 @@ impl Ctx {
         let Some(r) = self.read(&who, due).await else {
             return;
         };
-        let base = r.body["version"].as_u64().unwrap_or(0);
+        let base = r.json()["version"].as_u64().unwrap_or(0);
         let ops: Vec<Value> = (0..5)
             .map(|i| {
                 let op_id = uuid::Uuid::new_v4().to_string();
@@ -494,7 +509,7 @@ impl Ctx {
         let again = send(Instant::now()).await;
         if let (Some(f), Some(a)) = (first, again) {
             if f.status == 200 && a.status == 200 {
-                let replayed_all = a.body["results"].as_array().is_some_and(|rs| {
+                let replayed_all = a.json()["results"].as_array().is_some_and(|rs| {
                     rs.iter()
                         .all(|r| r["status"] == "duplicate" || r["status"] == "conflict")
                 });

@@ -47,7 +47,8 @@ struct KindStats {
     ok: u64,
     shed_n: u64,
     failed: u64,
-    by_status: BTreeMap<String, u64>,
+    by_code: BTreeMap<u16, u64>,
+    by_error: BTreeMap<&'static str, u64>,
 }
 
 impl KindStats {
@@ -58,8 +59,15 @@ impl KindStats {
             ok: 0,
             shed_n: 0,
             failed: 0,
-            by_status: BTreeMap::new(),
+            by_code: BTreeMap::new(),
+            by_error: BTreeMap::new(),
         }
+    }
+
+    fn by_status(&self) -> BTreeMap<String, u64> {
+        let codes = self.by_code.iter().map(|(c, n)| (c.to_string(), *n));
+        let errors = self.by_error.iter().map(|(e, n)| ((*e).to_owned(), *n));
+        codes.chain(errors).collect()
     }
 }
 
@@ -88,6 +96,9 @@ struct Inner {
     seconds: Vec<Second>,
     dropped: u64,
     checks_failed: BTreeMap<&'static str, u64>,
+    /// From the moment a request was due to the moment the generator started sending
+    /// it: the generator's own delay, included in every latency figure.
+    lag: Histogram<u64>,
 }
 
 pub struct Recorder {
@@ -107,6 +118,7 @@ impl Recorder {
                 seconds: Vec::new(),
                 dropped: 0,
                 checks_failed: BTreeMap::new(),
+                lag: histogram(2),
             }),
         }
     }
@@ -141,20 +153,35 @@ impl Recorder {
     }
 
     /// One answer (or transport failure, `status` None) to a request that was due at
-    /// `due`: its latency counts from then, so time the request spent waiting to be sent
-    /// (an overloaded generator, a slow previous step) is not hidden.
-    pub fn record(&self, kind: &'static str, due: Instant, status: Option<u16>, error: &str) {
+    /// `due` and began to be sent at `sent`: its latency counts from `due`, so time the
+    /// request spent waiting to be sent (an overloaded generator, a slow previous step)
+    /// is not hidden.
+    pub fn record(
+        &self,
+        kind: &'static str,
+        due: Instant,
+        sent: Instant,
+        status: Option<u16>,
+        error: &'static str,
+    ) {
         let Some(sec) = self.second_of(due) else {
             return;
         };
-        let us = u64::try_from(due.elapsed().as_micros())
-            .unwrap_or(MAX_US)
-            .clamp(1, MAX_US);
+        let micros = |d: Duration| {
+            u64::try_from(d.as_micros())
+                .unwrap_or(MAX_US)
+                .clamp(1, MAX_US)
+        };
+        let us = micros(due.elapsed());
+        let lag = micros(sent.saturating_duration_since(due));
         let class = classify(status);
         let mut g = self.lock();
+        g.lag.saturating_record(lag);
         let k = g.kinds.entry(kind).or_insert_with(KindStats::new);
-        let label = status.map_or_else(|| error.to_owned(), |s| s.to_string());
-        *k.by_status.entry(label).or_default() += 1;
+        match status {
+            Some(code) => *k.by_code.entry(code).or_default() += 1,
+            None => *k.by_error.entry(error).or_default() += 1,
+        }
         match class {
             Class::Ok => k.ok += 1,
             Class::Shed => k.shed_n += 1,
@@ -189,8 +216,11 @@ impl Recorder {
             all.ok += k.ok;
             all.shed_n += k.shed_n;
             all.failed += k.failed;
-            for (s, n) in &k.by_status {
-                *all.by_status.entry(s.clone()).or_default() += n;
+            for (c, n) in &k.by_code {
+                *all.by_code.entry(*c).or_default() += n;
+            }
+            for (e, n) in &k.by_error {
+                *all.by_error.entry(e).or_default() += n;
             }
         }
         let timeline: Vec<SecondSummary> = g
@@ -209,6 +239,12 @@ impl Recorder {
             })
             .collect();
         let recovery_secs = recovery(&timeline, &meta.phases);
+        let lag = &g.lag;
+        let generator_lag_ms = Lag {
+            p50: ms(lag.value_at_quantile(0.5), lag.len()),
+            p99: ms(lag.value_at_quantile(0.99), lag.len()),
+            max: ms(lag.max(), lag.len()),
+        };
         Summary {
             overall: kind_summary(&all, meta.measured_secs),
             kinds,
@@ -219,6 +255,7 @@ impl Recorder {
                 .map(|(k, v)| ((*k).to_owned(), *v))
                 .collect(),
             recovery_secs,
+            generator_lag_ms,
             timeline,
             meta,
             audit: None,
@@ -261,7 +298,7 @@ fn kind_summary(k: &KindStats, secs: f64) -> KindSummary {
         error_percent: pct(k.failed),
         shed_percent: pct(k.shed_n),
         ok_per_second: if secs > 0.0 { k.ok as f64 / secs } else { 0.0 },
-        by_status: k.by_status.clone(),
+        by_status: k.by_status(),
         latency_ms: Latency {
             p50: q(0.5),
             p90: q(0.9),
@@ -282,18 +319,18 @@ fn kind_summary(k: &KindStats, secs: f64) -> KindSummary {
 }
 
 /// Seconds from the end of the spike until every later second's p99 is back within
-/// max(1.5 × the p99 before the spike, that p99 + 10 ms). None without a spike.
+/// what the seconds before the spike showed: at most 1.1 × their worst p99 + 5 ms (the
+/// worst, not the median, because one second's p99 rests on few requests and varies
+/// from second to second even at a steady rate). None without a spike.
 fn recovery(timeline: &[SecondSummary], phases: &[Phase]) -> Option<f64> {
     let before = phases.iter().find(|p| p.name == "before")?;
     let spike = phases.iter().find(|p| p.name == "spike")?;
-    let mut base: Vec<f64> = timeline
+    let worst = timeline
         .iter()
         .filter(|s| s.t >= before.start && s.t + 1.0 <= before.end)
         .filter_map(|s| s.p99_ms)
-        .collect();
-    base.sort_by(f64::total_cmp);
-    let baseline = *base.get(base.len() / 2)?;
-    let normal = (baseline * 1.5).max(baseline + 10.0);
+        .fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))))?;
+    let normal = worst * 1.1 + 5.0;
     let after: Vec<&SecondSummary> = timeline.iter().filter(|s| s.t >= spike.end).collect();
     if after.is_empty() {
         return None;
@@ -317,6 +354,15 @@ pub struct Latency {
     pub p999: Option<f64>,
     pub max: Option<f64>,
     pub mean: Option<f64>,
+}
+
+/// The generator's own delay in sending (see `Inner::lag`): if its p99 is a real share
+/// of the latency p99, the generator, not the platform, is slow.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lag {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -394,6 +440,7 @@ pub struct Summary {
     pub dropped: u64,
     pub checks_failed: BTreeMap<String, u64>,
     pub recovery_secs: Option<f64>,
+    pub generator_lag_ms: Lag,
     pub audit: Option<Audit>,
     pub cpu: Option<Cpu>,
     pub verdicts: Vec<crate::threshold::Verdict>,
@@ -475,10 +522,10 @@ mod tests {
         let start = Instant::now() - Duration::from_secs(1);
         let r = Recorder::new(start, Duration::ZERO);
         for _ in 0..98 {
-            r.record("cart_read", start, Some(200), "");
+            r.record("cart_read", start, start, Some(200), "");
         }
-        r.record("cart_read", start, Some(503), "");
-        r.record("cart_read", start, None, "timeout");
+        r.record("cart_read", start, start, Some(503), "");
+        r.record("cart_read", start, start, None, "timeout");
         let s = r.summarize(meta(Profile::Steady {
             rate: 1.0,
             duration: 1.0,
@@ -515,7 +562,7 @@ mod tests {
         .phases();
         let tl = vec![
             mk(0.0, 10.0),
-            mk(1.0, 10.0),
+            mk(1.0, 12.0),
             mk(2.0, 10.0),
             mk(3.0, 400.0),
             mk(4.0, 400.0),

@@ -112,7 +112,7 @@ struct RunArgs {
     /// Directory for summary.json and report.html.
     #[arg(long, default_value = "target/loadtest/latest")]
     report_dir: PathBuf,
-    /// Worker threads of the generator (default: all cores).
+    /// Threads of the generator (default 1).
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -130,11 +130,18 @@ fn main() -> ExitCode {
         Command::Run(r) => r.threads,
         _ => None,
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One thread by default: a load generator sharing the machine with what it measures
+    // should cost as little as it can, and on one thread no CPU time goes to waking
+    // other threads (with two, a third of it did). More threads for rates one cannot carry.
+    let mut rt = match threads.unwrap_or(1) {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
     rt.enable_all();
-    if let Some(n) = threads {
-        rt.worker_threads(n.max(1));
-    }
     let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -103,6 +103,8 @@ struct Inner {
 
 pub struct Recorder {
     pub start: Instant,
+    /// Every answer, warm-up included (what the processes' CPU time is divided by).
+    answered: std::sync::atomic::AtomicU64,
     /// Requests due before this offset warm the platform up and are not counted.
     warmup: Duration,
     inner: Mutex<Inner>,
@@ -112,6 +114,7 @@ impl Recorder {
     pub fn new(start: Instant, warmup: Duration) -> Self {
         Self {
             start,
+            answered: std::sync::atomic::AtomicU64::new(0),
             warmup,
             inner: Mutex::new(Inner {
                 kinds: BTreeMap::new(),
@@ -164,6 +167,8 @@ impl Recorder {
         status: Option<u16>,
         error: &'static str,
     ) {
+        self.answered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(sec) = self.second_of(due) else {
             return;
         };
@@ -256,6 +261,7 @@ impl Recorder {
                 .collect(),
             recovery_secs,
             generator_lag_ms,
+            requests_with_warmup: self.answered.load(std::sync::atomic::Ordering::Relaxed),
             timeline,
             meta,
             audit: None,
@@ -441,6 +447,8 @@ pub struct Summary {
     pub checks_failed: BTreeMap<String, u64>,
     pub recovery_secs: Option<f64>,
     pub generator_lag_ms: Lag,
+    /// Requests answered over the whole run, warm-up included.
+    pub requests_with_warmup: u64,
     pub audit: Option<Audit>,
     pub cpu: Option<Cpu>,
     pub verdicts: Vec<crate::threshold::Verdict>,

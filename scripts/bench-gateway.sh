@@ -96,6 +96,8 @@ SECTION_TITLE="## Gateway vs nginx (scripts/bench-gateway.sh)"
 DS_TAG="bench"
 # shellcheck source=scripts/lib/datastores.sh
 source "$ROOT/scripts/lib/datastores.sh"
+# shellcheck source=scripts/lib/bench.sh
+source "$ROOT/scripts/lib/bench.sh"
 
 say() { printf '[bench] %s\n' "$*" >&2; }
 die() {
@@ -111,19 +113,6 @@ NGINX_PID=""
 declare -A PIDS=()
 START=$SECONDS
 
-stop_pid() { # NAME PID [SIGNAL]
-    local name=$1 pid=$2 sig=${3:-TERM} i
-    kill -"$sig" "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        say "$name (pid $pid) did not stop; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 
 # shellcheck disable=SC2317 # invoked from traps
 on_exit() {
@@ -331,16 +320,6 @@ NGINX_MASTER=$(cat "$NGX/nginx.pid")
 say "nginx $("$NGINX" -v 2>&1 | sed 's/.*\///') on $(url nginx) (master $NGINX_MASTER, $NGINX_WORKERS workers)"
 
 # ------------------------------------------------------------------ measuring
-ticks_of() { # PID...: user + system ticks of these processes (all threads)
-    local pid line total=0
-    local -a f
-    for pid in "$@"; do
-        { read -r line <"/proc/$pid/stat"; } 2>/dev/null || continue
-        read -ra f <<<"${line##*) }"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
 nginx_pids() { # master and its workers
     echo "$NGINX_MASTER"
     pgrep -P "$NGINX_MASTER" 2>/dev/null || true

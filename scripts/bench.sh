@@ -123,6 +123,8 @@ cd "$ROOT"
 DS_TAG="bench"
 # shellcheck source=scripts/lib/datastores.sh
 source "$ROOT/scripts/lib/datastores.sh"
+# shellcheck source=scripts/lib/bench.sh
+source "$ROOT/scripts/lib/bench.sh"
 say() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -133,16 +135,6 @@ REDIS_PORT=""
 declare -A PIDS=()
 HOLD_PIDS=()
 START=$SECONDS
-stop_pid() { # NAME PID
-    local name=$1 pid=$2 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && { say "$name (pid $pid) did not stop; killing it"; kill -KILL "$pid" 2>/dev/null || true; }
-    wait "$pid" 2>/dev/null || true
-}
 # shellcheck disable=SC2317 # invoked from traps
 on_exit() {
     local rc=$? name pid
@@ -245,16 +237,6 @@ wait_ready session-svc gateway
 GW=$(url gateway)
 
 # ------------------------------------------------------------------ measuring
-ticks_of() { # PID...: user + system ticks (all threads)
-    local pid line total=0
-    local -a f
-    for pid in "$@"; do
-        { read -r line <"/proc/$pid/stat"; } 2>/dev/null || continue
-        read -ra f <<<"${line##*) }"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
 gateway_pids() { local n; for n in "${!PIDS[@]}"; do [[ $n == gateway* ]] && echo "${PIDS[$n]}"; done; }
 postgres_pids() { pgrep -f -- "-D $PG_DATA" 2>/dev/null; pgrep -P "$(pgrep -of -- "-D $PG_DATA" 2>/dev/null || echo 0)" 2>/dev/null || true; }
 snapshot() { # → "gateway session cart auth postgres redis" ticks

@@ -171,6 +171,74 @@ async fn a_saturated_upstream_sheds_the_excess_at_once() {
     assert_eq!(shed_metric, Some(21.0));
 }
 
+/// The front door: with room for 10 requests inside the gateway (reads may take 9) and
+/// cart-svc slowed to ~1 s, a burst of 30 reads: 9 are served, 21 get 503 +
+/// Retry-After at once, refused at the door (the upstream guard, with room to spare,
+/// sheds nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_front_door_refuses_what_does_not_fit_inside() {
+    let mut p = Platform::start(PlatformOptions::new()).await;
+    let proxy = SlowProxy::start(p.cart_svc_url(), Duration::from_millis(1000)).await;
+    let gw = p
+        .start_extra_gateway(&[
+            ("CART_URL", proxy.url.as_str()),
+            ("GATEWAY_MAX_IN_FLIGHT", "10"),
+        ])
+        .await;
+    let guest = p.start_guest_session().await;
+    let client = reqwest::Client::new();
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let (c, g, t) = (client.clone(), gw.clone(), guest.session_token.clone());
+            tokio::spawn(async move { get_cart(&c, &g, &t).await })
+        })
+        .collect();
+    let (mut served, mut shed) = (0, Vec::new());
+    for t in tasks {
+        let (status, took, headers) = t.await.unwrap();
+        match status {
+            200 => served += 1,
+            503 => {
+                assert!(
+                    headers.contains_key("retry-after"),
+                    "503 without Retry-After"
+                );
+                shed.push(took);
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((served, shed.len()), (9, 21), "reads get 90 % of 10 places");
+    for took in &shed {
+        assert!(
+            *took < Duration::from_millis(600),
+            "refused after {took:?}, not at once"
+        );
+    }
+    let at_door = p
+        .metric(
+            &gw,
+            "gateway_front_door_shed_total",
+            &[("priority", "normal")],
+        )
+        .await;
+    assert_eq!(at_door, Some(21.0));
+    let at_guard = p
+        .metric(
+            &gw,
+            "gateway_upstream_shed_total",
+            &[
+                ("upstream", "cart-svc"),
+                ("reason", "full"),
+                ("priority", "normal"),
+            ],
+        )
+        .await;
+    assert_eq!(at_guard, Some(0.0));
+    // Once they have left, the door lets the next one in.
+    assert_eq!(get_cart(&client, &gw, &guest.session_token).await.0, 200);
+}
+
 /// A POST without an Idempotency-Key is never sent twice; a GET, or a POST with a key,
 /// that timed out is retried exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

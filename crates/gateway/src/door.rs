@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, ResponseError};
 use prometheus::{IntCounterVec, IntGauge, Opts};
@@ -38,7 +37,7 @@ impl Door {
                 "gateway_requests_inside",
                 "Public requests inside this gateway process (admitted by the front door, not yet answered)",
             )
-            .unwrap_or_else(|_| unreachable!("a valid metric name")),
+            .expect("static metric definition is valid"),
         );
         let shed = m.register(
             &IntCounterVec::new(
@@ -48,7 +47,7 @@ impl Door {
                 ),
                 &["priority"],
             )
-            .unwrap_or_else(|_| unreachable!("a valid metric name")),
+            .expect("static metric definition is valid"),
         );
         for p in [Priority::Critical, Priority::Normal, Priority::Low] {
             shed.with_label_values(&[p.as_str()]);
@@ -85,22 +84,6 @@ impl Drop for Inside<'_> {
     }
 }
 
-/// The priority of a public request, from its method and path alone (nothing else is
-/// known yet at the door).
-pub fn priority_of(method: &Method, path: &str) -> Priority {
-    if path == "/api/v1/sessions"
-        || path.starts_with("/api/v1/auth/")
-            && path != "/api/v1/auth/refresh"
-            && path != "/api/v1/auth/logout"
-    {
-        Priority::Low
-    } else if method == Method::GET || !path.starts_with("/api/v1/cart") {
-        Priority::Normal
-    } else {
-        Priority::Critical
-    }
-}
-
 pub async fn front_door(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -117,7 +100,7 @@ pub async fn front_door(
             .await
             .map(ServiceResponse::map_into_boxed_body);
     }
-    let p = priority_of(req.method(), req.path());
+    let p = Priority::of_request(req.method(), req.path());
     let Some(_inside) = st.door.enter(p) else {
         let res = Problem::unavailable(1)
             .detail("the gateway is at capacity; retry after Retry-After seconds")
@@ -131,43 +114,22 @@ pub async fn front_door(
 
 #[cfg(test)]
 mod tests {
+    use actix_web::http::Method;
+
     use super::*;
 
     #[test]
     fn priorities_by_route() {
-        assert_eq!(
-            priority_of(&Method::POST, "/api/v1/sessions"),
-            Priority::Low
-        );
-        assert_eq!(
-            priority_of(&Method::POST, "/api/v1/auth/login"),
-            Priority::Low
-        );
-        assert_eq!(
-            priority_of(&Method::POST, "/api/v1/auth/register"),
-            Priority::Low
-        );
-        assert_eq!(
-            priority_of(&Method::POST, "/api/v1/auth/refresh"),
-            Priority::Normal
-        );
-        assert_eq!(priority_of(&Method::GET, "/api/v1/cart"), Priority::Normal);
-        assert_eq!(
-            priority_of(&Method::GET, "/api/v1/session"),
-            Priority::Normal
-        );
-        assert_eq!(
-            priority_of(&Method::POST, "/api/v1/cart/items"),
-            Priority::Critical
-        );
-        assert_eq!(
-            priority_of(&Method::DELETE, "/api/v1/cart"),
-            Priority::Critical
-        );
-        assert_eq!(
-            priority_of(&Method::POST, "/api/v1/cart/ops"),
-            Priority::Critical
-        );
+        let p = |m: Method, path: &str| Priority::of_request(&m, path);
+        assert_eq!(p(Method::POST, "/api/v1/sessions"), Priority::Low);
+        assert_eq!(p(Method::POST, "/api/v1/auth/login"), Priority::Low);
+        assert_eq!(p(Method::POST, "/api/v1/auth/register"), Priority::Low);
+        assert_eq!(p(Method::POST, "/api/v1/auth/refresh"), Priority::Normal);
+        assert_eq!(p(Method::GET, "/api/v1/cart"), Priority::Normal);
+        assert_eq!(p(Method::GET, "/api/v1/session"), Priority::Normal);
+        assert_eq!(p(Method::POST, "/api/v1/cart/items"), Priority::Critical);
+        assert_eq!(p(Method::DELETE, "/api/v1/cart"), Priority::Critical);
+        assert_eq!(p(Method::POST, "/api/v1/cart/ops"), Priority::Critical);
     }
 
     #[test]

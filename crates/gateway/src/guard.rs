@@ -50,6 +50,21 @@ impl Priority {
         }
     }
 
+    /// The priority of a public request, from its method and path alone (the front
+    /// door knows nothing more; the cart proxy uses the same rule).
+    pub fn of_request(method: &actix_web::http::Method, path: &str) -> Self {
+        let auth_entry = path.starts_with("/api/v1/auth/")
+            && path != "/api/v1/auth/refresh"
+            && path != "/api/v1/auth/logout";
+        if path == "/api/v1/sessions" || auth_entry {
+            Priority::Low
+        } else if method == actix_web::http::Method::GET || !path.starts_with("/api/v1/cart") {
+            Priority::Normal
+        } else {
+            Priority::Critical
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Priority::Critical => "critical",

@@ -484,11 +484,7 @@ async fn proxy_cart(
     let cred: Credential = caller::credential(&req)?;
     caller::check_csrf(&req, &cred, &st.cfg.allowed_origins)?;
     let rid = request_id(&req);
-    let priority = if req.method() == actix_web::http::Method::GET {
-        Priority::Normal
-    } else {
-        Priority::Critical
-    };
+    let priority = Priority::of_request(req.method(), req.path());
     let id = caller::authenticate(&st, &cred, priority, rid.as_deref()).await?;
     let body = read_body(&req, payload, st.cfg.max_body_bytes).await?;
 

@@ -195,3 +195,33 @@ impl Guests {
         lock(&self.fresh).pop()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saving_keeps_the_rotated_tokens_for_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.jsonl");
+        let seeded = SeededUser {
+            user_id: "u".into(),
+            email: "e@x".into(),
+            password: "p".into(),
+            cart_id: "c".into(),
+            session_id: "s".into(),
+            access_token: "a0".into(),
+            refresh_token: "r0".into(),
+        };
+        write_lines(&path, &[seeded]).unwrap();
+        let users = Users::load(&path).unwrap();
+        users.get(0).unwrap().set_tokens("a1".into(), "r1".into());
+        users.save(&path).unwrap();
+        let again = Users::load(&path).unwrap();
+        let u = again.get(0).unwrap();
+        assert_eq!((u.access(), u.refresh_token()), ("a1".into(), "r1".into()));
+        assert_eq!((u.email.as_str(), u.cart_id.as_str()), ("e@x", "c"));
+        let line = std::fs::read_to_string(&path).unwrap();
+        assert!(line.contains("\"session_id\":\"s\""), "{line}");
+    }
+}

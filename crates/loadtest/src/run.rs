@@ -122,7 +122,7 @@ pub struct Ctx {
 
 pub struct Reply {
     pub status: u16,
-    raw: Vec<u8>,
+    raw: bytes::Bytes,
     pub etag: Option<String>,
 }
 
@@ -213,7 +213,7 @@ impl Ctx {
                         self.rec.record(kind, due, sent, Some(status), "");
                         Some(Reply {
                             status,
-                            raw: b.to_vec(),
+                            raw: b,
                             etag,
                         })
                     }

@@ -35,10 +35,8 @@ pub fn classify(status: Option<u16>) -> Class {
 }
 
 fn histogram(sigfig: u8) -> Histogram<u64> {
-    // Bounds and sigfig are constants within hdrhistogram's limits.
-    Histogram::new_with_bounds(1, MAX_US, sigfig).unwrap_or_else(|_| {
-        Histogram::new(2).unwrap_or_else(|_| unreachable!("2 significant digits are valid"))
-    })
+    Histogram::new_with_bounds(1, MAX_US, sigfig)
+        .expect("constant bounds and 2 or 3 significant digits are valid")
 }
 
 struct KindStats {
